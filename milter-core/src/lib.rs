@@ -1,0 +1,18 @@
+//! A milter protocol (version 6) library, as Postfix and Sendmail speak it.
+//!
+//! The core is sans-IO and deterministic: [`wire`] frames bytes, [`proto`] types every
+//! command and reply, [`negotiate`] settles options, and [`session`] enforces the reply
+//! discipline on both sides. The tokio [`server`] runs [`Milter`] handlers; the tokio
+//! [`client`] plays the MTA for replay, tests and load.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod proto;
+pub mod wire;
+
+pub use error::{Error, NegotiateError, Phase, ProtocolError, UsageError};
+pub use proto::{
+    Actions, Command, ConnectInfo, Envelope, Macros, Modification, ProtocolFlags, Reply, SmtpReply,
+    SocketInfo, Stage, Verdict,
+};

@@ -1,0 +1,15 @@
+//! The wire vocabulary: typed commands and replies, negotiation bits, SMTP reply texts and
+//! macros. Pure data and codecs; no state, no I/O.
+
+pub mod command;
+pub mod flags;
+pub mod macros;
+mod reader;
+pub mod reply;
+pub mod smtp_reply;
+
+pub use command::{Command, ConnectInfo, Envelope, OptNeg, SocketInfo};
+pub use flags::{Actions, ProtocolFlags, Stage};
+pub use macros::Macros;
+pub use reply::{MacroRequest, Modification, OptNegReply, Reply, Verdict};
+pub use smtp_reply::{SmtpReply, SmtpReplyError};
