@@ -1,0 +1,77 @@
+//! Running swaks and reading its transcript.
+
+use crate::sys::{self, require_binary};
+use anyhow::Result;
+use std::process::{Command, ExitStatus};
+
+/// An SMTP reply: code and text of its last line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    /// Three-digit code.
+    pub code: u16,
+    /// Text after the code (enhanced status code included), last line only.
+    pub text: String,
+}
+
+/// Parses one reply line like `250 2.0.0 Ok` or `250-PIPELINING`.
+pub fn parse_reply_line(line: &str) -> Option<SmtpReply> {
+    let code = line.get(..3)?.parse().ok()?;
+    let rest = line.get(3..)?;
+    let text = rest.strip_prefix([' ', '-']).unwrap_or(rest);
+    Some(SmtpReply {
+        code,
+        text: text.trim_end().to_string(),
+    })
+}
+
+/// The result of a swaks run.
+#[derive(Debug)]
+pub struct SwaksRun {
+    /// swaks' exit status (0 = whole transaction accepted).
+    pub status: ExitStatus,
+    /// stdout + stderr: the full transcript.
+    pub transcript: String,
+}
+
+impl SwaksRun {
+    /// Final lines of every server reply, in order (`<-`, `<~`, `<**`, `<~*`).
+    pub fn replies(&self) -> Vec<SmtpReply> {
+        self.transcript
+            .lines()
+            .filter_map(|l| {
+                let rest = ["<**", "<~*", "<-", "<~"]
+                    .iter()
+                    .find_map(|p| l.trim_start().strip_prefix(p))?
+                    .trim_start();
+                // Only a reply's last line has a space after the code.
+                (rest.as_bytes().get(3) != Some(&b'-')).then_some(rest)
+            })
+            .filter_map(parse_reply_line)
+            .collect()
+    }
+
+    /// The last server reply before QUIT's 221 (the one that decided the
+    /// transaction: the end-of-data reply, or the error that ended it).
+    pub fn final_reply(&self) -> Option<SmtpReply> {
+        let mut r = self.replies();
+        while r.len() > 1 && r.last().is_some_and(|x| x.code == 221) {
+            r.pop();
+        }
+        r.pop()
+    }
+}
+
+/// Runs `/usr/bin/swaks ARGS` (a non-zero exit is not an error: inspect
+/// `status`/`final_reply`).
+pub fn swaks(args: &[&str]) -> Result<SwaksRun> {
+    require_binary("/usr/bin/swaks")?;
+    let out = sys::run(Command::new("/usr/bin/swaks").args(args))?;
+    Ok(SwaksRun {
+        status: out.status,
+        transcript: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    })
+}
