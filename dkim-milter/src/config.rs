@@ -1,0 +1,572 @@
+//! TOML configuration: every option, its default, and load errors that name file and line.
+//!
+//! The file is optional: without one the embedded defaults give an OpenDKIM-like
+//! signer for `/etc/opendkim/keys` on `inet:127.0.0.1:8891`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+/// A configuration that could not be read or is invalid; always says where.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a bad value; `line` is 1-based when toml gave a position.
+    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the offending item.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parses but contradicts another one.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which of signing and verifying this instance does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Mode {
+    /// Sign only (OpenDKIM `Mode s`).
+    Sign,
+    /// Verify only (`Mode v`).
+    Verify,
+    /// Both (`Mode sv`), the default.
+    SignVerify,
+}
+
+impl Mode {
+    /// True if outbound mail may be signed.
+    pub fn signs(self) -> bool {
+        matches!(self, Mode::Sign | Mode::SignVerify)
+    }
+    /// True if inbound mail is verified.
+    pub fn verifies(self) -> bool {
+        matches!(self, Mode::Verify | Mode::SignVerify)
+    }
+}
+
+impl TryFrom<String> for Mode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "sign" | "s" => Ok(Mode::Sign),
+            "verify" | "v" => Ok(Mode::Verify),
+            "sign+verify" | "sv" | "vs" => Ok(Mode::SignVerify),
+            _ => Err(format!(
+                "mode {s:?}: expected \"sign\", \"verify\" or \"sign+verify\""
+            )),
+        }
+    }
+}
+
+/// One half of `c=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Canon {
+    /// `simple`.
+    Simple,
+    /// `relaxed`.
+    Relaxed,
+}
+
+impl Canon {
+    /// The mail-auth equivalent.
+    pub fn to_mail_auth(self) -> mail_auth::dkim::Canonicalization {
+        match self {
+            Canon::Simple => mail_auth::dkim::Canonicalization::Simple,
+            Canon::Relaxed => mail_auth::dkim::Canonicalization::Relaxed,
+        }
+    }
+}
+
+/// `header/body` canonicalization, written like OpenDKIM's `Canonicalization`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Canonicalization {
+    /// Header canonicalization.
+    pub header: Canon,
+    /// Body canonicalization.
+    pub body: Canon,
+}
+
+impl TryFrom<String> for Canonicalization {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let one = |p: &str| match p.trim().to_ascii_lowercase().as_str() {
+            "simple" => Ok(Canon::Simple),
+            "relaxed" => Ok(Canon::Relaxed),
+            _ => Err(format!(
+                "canonicalization {s:?}: expected simple or relaxed, as \"header/body\""
+            )),
+        };
+        let (h, b) = s.split_once('/').unwrap_or((s.as_str(), "simple"));
+        Ok(Canonicalization {
+            header: one(h)?,
+            body: one(b)?,
+        })
+    }
+}
+
+/// What to do with a message from our own user when its domain's key is broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnKeyError {
+    /// Answer 4xx so the client retries once the key is fixed (default).
+    Tempfail,
+    /// Pass the message on unsigned.
+    Accept,
+}
+
+/// How strictly private key file permissions are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyPermissions {
+    /// Refuse world-accessible or group-writable keys; warn about group-readable ones (default).
+    Refuse,
+    /// Only warn.
+    Warn,
+    /// Do not look.
+    Ignore,
+}
+
+/// How a selector is picked when `{keys-dir}/{domain}/` holds several keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectorRule {
+    /// Per algorithm, the selector whose name sorts last (byte order): date-named
+    /// selectors such as `2025-06` rotate forward (default).
+    HighestName,
+    /// Per algorithm, the `.private` file with the newest mtime (ties: highest name).
+    Newest,
+}
+
+/// An IP network in CIDR notation (a bare address is a /32 or /128).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True if `ip` is inside this network. IPv4-mapped IPv6 addresses match IPv4 networks.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Per-domain overrides (`[domain."example.com"]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DomainConfig {
+    /// Selectors to sign with, in `{keys-dir}/{domain}/{selector}.private`. One RSA and/or
+    /// one Ed25519 key; overrides the selector rule.
+    #[serde(default)]
+    pub selectors: Vec<String>,
+}
+
+/// The whole configuration. Field docs are the option reference; the sample
+/// `examples/deploy/dkim-milter.toml` repeats them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct Config {
+    /// Where the milter listens: `inet:HOST:PORT`, `inet:PORT@HOST` (OpenDKIM), `unix:/path`.
+    pub socket: String,
+    /// Root of the opendkim-genkey layout `{keys-dir}/{domain}/{selector}.private`.
+    pub keys_dir: PathBuf,
+    /// Clients whose mail is signed (OpenDKIM `InternalHosts`), CIDR or address.
+    pub internal_hosts: Vec<Cidr>,
+    /// `{daemon_name}` values whose mail is signed, e.g. `ORIGINATING` set by
+    /// `-o milter_macro_daemon_name=ORIGINATING` on submission in master.cf.
+    pub originating_daemon_names: Vec<String>,
+    /// `c=` as `header/body`.
+    pub canonicalization: Canonicalization,
+    /// authserv-id written into (and protected in) Authentication-Results. Default: host name.
+    pub authserv_id: Option<String>,
+    /// `sign`, `verify` or `sign+verify`.
+    pub mode: Mode,
+    /// `tempfail` or `accept` when the sender domain's key is broken.
+    pub on_key_error: OnKeyError,
+    /// Sign `sub.example.com` with the key of `example.com` when it has none of its own.
+    pub sign_subdomains: bool,
+    /// Only sign when the SASL login (`{auth_authen}`) has the From domain after its `@`.
+    pub require_sasl_domain_match: bool,
+    /// Signature lifetime in seconds (`x=`); none by default.
+    pub signature_ttl: Option<u64>,
+    /// OpenDKIM KeyTable (`file:`/plain path). Used together with `signing-table`;
+    /// when set, the keys-dir scan is not used.
+    pub key_table: Option<String>,
+    /// OpenDKIM SigningTable (`refile:` wildcard patterns, or `file:`/plain path).
+    pub signing_table: Option<String>,
+    /// Apply every SigningTable match instead of the first (OpenDKIM `MultipleSignatures`).
+    pub multiple_signatures: bool,
+    /// Selector choice when a domain directory has several keys.
+    pub selector_rule: SelectorRule,
+    /// Sign with Ed25519 too when a domain has an Ed25519 key next to its RSA key.
+    pub dual_sign: bool,
+    /// Private key permission policy (OpenDKIM `RequireSafeKeys`).
+    pub key_permissions: KeyPermissions,
+    /// Headers to sign (`h=`); absent ones are still listed, which stops them being added.
+    pub sign_headers: Vec<String>,
+    /// Headers signed once more than present (From by default).
+    pub oversign_headers: Vec<String>,
+    /// Largest message (bytes) buffered for verification; larger ones are passed unverified.
+    pub verify_max_message_size: usize,
+    /// `tracing` filter, e.g. `info` or `dkim_milter=debug`; `RUST_LOG` overrides it.
+    pub log_level: String,
+    /// Seconds between checks of the config, tables and keys dir for changes.
+    pub reload_poll_seconds: u64,
+    /// Per-domain overrides.
+    pub domain: BTreeMap<String, DomainConfig>,
+}
+
+/// RFC 6376 §5.4.1 header fields that SHOULD be signed.
+pub const DEFAULT_SIGN_HEADERS: &[&str] = &[
+    "From",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-To",
+    "Resent-Cc",
+    "In-Reply-To",
+    "References",
+    "List-Id",
+    "List-Help",
+    "List-Unsubscribe",
+    "List-Subscribe",
+    "List-Post",
+    "List-Owner",
+    "List-Archive",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: "inet:127.0.0.1:8891".into(),
+            keys_dir: PathBuf::from("/etc/opendkim/keys"),
+            internal_hosts: vec![
+                Cidr {
+                    addr: IpAddr::from([127, 0, 0, 0]),
+                    prefix: 8,
+                },
+                Cidr {
+                    addr: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+                    prefix: 128,
+                },
+            ],
+            originating_daemon_names: Vec::new(),
+            canonicalization: Canonicalization {
+                header: Canon::Relaxed,
+                body: Canon::Relaxed,
+            },
+            authserv_id: None,
+            mode: Mode::SignVerify,
+            on_key_error: OnKeyError::Tempfail,
+            sign_subdomains: false,
+            require_sasl_domain_match: false,
+            signature_ttl: None,
+            key_table: None,
+            signing_table: None,
+            multiple_signatures: false,
+            selector_rule: SelectorRule::HighestName,
+            dual_sign: true,
+            key_permissions: KeyPermissions::Refuse,
+            sign_headers: DEFAULT_SIGN_HEADERS.iter().map(|s| s.to_string()).collect(),
+            oversign_headers: vec!["From".into()],
+            verify_max_message_size: 10 * 1024 * 1024,
+            log_level: "info".into(),
+            reload_poll_seconds: 5,
+            domain: BTreeMap::new(),
+        }
+    }
+}
+
+/// 1-based line number of byte `offset` in `text`.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .get(..offset.min(text.len()))
+        .map(|b| b.iter().filter(|c| **c == b'\n').count() + 1)
+        .unwrap_or(1)
+}
+
+impl Config {
+    /// Parses `text` (the content of `path`, used in messages) and checks it.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The embedded defaults, checked like a file.
+    pub fn defaults() -> Config {
+        Config::default()
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        if self.key_table.is_some() != self.signing_table.is_some() {
+            return Err(bad(
+                "key-table and signing-table must be set together".into()
+            ));
+        }
+        if !self
+            .sign_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case("from"))
+        {
+            return Err(bad("sign-headers must include From (RFC 6376 §5.4)".into()));
+        }
+        if let Some(id) = &self.authserv_id
+            && (id.is_empty() || id.contains(|c: char| c.is_whitespace() || c == ';'))
+        {
+            return Err(bad(format!(
+                "authserv-id {id:?} must be one token without spaces or ';'"
+            )));
+        }
+        if self.reload_poll_seconds == 0 {
+            return Err(bad("reload-poll-seconds must be at least 1".into()));
+        }
+        for (d, dc) in &self.domain {
+            if dc.selectors.len() > 2 {
+                return Err(bad(format!(
+                    "domain {d:?}: at most two selectors (one RSA, one Ed25519)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The authserv-id to use: configured, else the host name.
+    pub fn authserv_id(&self) -> String {
+        self.authserv_id.clone().unwrap_or_else(hostname)
+    }
+
+    /// True if `ip` is an internal host.
+    pub fn is_internal(&self, ip: IpAddr) -> bool {
+        self.internal_hosts.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// The system host name (falls back to `localhost`).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, Path::new("/etc/dkim-milter.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        let c = p("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket, "inet:127.0.0.1:8891");
+        assert_eq!(c.keys_dir, PathBuf::from("/etc/opendkim/keys"));
+        assert!(c.is_internal("127.3.4.5".parse().unwrap()));
+        assert!(c.is_internal("::1".parse().unwrap()));
+        assert!(c.is_internal("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!c.is_internal("192.0.2.1".parse().unwrap()));
+        assert_eq!(c.mode, Mode::SignVerify);
+        assert_eq!(c.on_key_error, OnKeyError::Tempfail);
+        assert_eq!(c.canonicalization.header, Canon::Relaxed);
+        assert_eq!(c.canonicalization.body, Canon::Relaxed);
+        assert!(!c.sign_subdomains && !c.require_sasl_domain_match);
+        assert_eq!(c.signature_ttl, None);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = p(r#"
+socket = "unix:/run/dkim.sock"
+keys-dir = "/srv/keys"
+internal-hosts = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+originating-daemon-names = ["ORIGINATING"]
+canonicalization = "relaxed/simple"
+authserv-id = "mx.example.net"
+mode = "sign"
+on-key-error = "accept"
+sign-subdomains = true
+require-sasl-domain-match = true
+signature-ttl = 864000
+key-table = "file:/etc/opendkim/KeyTable"
+signing-table = "refile:/etc/opendkim/SigningTable"
+selector-rule = "newest"
+log-level = "debug"
+[domain."example.com"]
+selectors = ["2025", "ed"]
+"#)
+        .unwrap();
+        assert_eq!(c.mode, Mode::Sign);
+        assert!(c.is_internal("10.1.2.3".parse().unwrap()));
+        assert!(c.is_internal("2001:db8:1::5".parse().unwrap()));
+        assert!(c.is_internal("192.0.2.7".parse().unwrap()));
+        assert!(!c.is_internal("192.0.2.8".parse().unwrap()));
+        assert!(!c.is_internal("127.0.0.1".parse().unwrap()));
+        assert_eq!(c.canonicalization.body, Canon::Simple);
+        assert_eq!(c.authserv_id(), "mx.example.net");
+        assert_eq!(c.domain["example.com"].selectors, vec!["2025", "ed"]);
+        assert_eq!(c.selector_rule, SelectorRule::Newest);
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = p("mode = \"sv\"\n\ninternal-hosts = [\"10.0.0.0/33\"]\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/dkim-milter.toml:3:"), "{s}");
+        assert!(s.contains("prefix length"), "{s}");
+
+        let e = p("socket = \"x\"\nbogus-option = 1\n").unwrap_err();
+        assert!(e.to_string().starts_with("/etc/dkim-milter.toml:2:"), "{e}");
+        assert!(e.to_string().contains("bogus-option"), "{e}");
+
+        let e = p("canonicalization = \"relaxed/loose\"").unwrap_err();
+        assert!(e.to_string().contains(":1:"), "{e}");
+
+        let e = p("on-key-error = \"reject\"").unwrap_err();
+        assert!(e.to_string().contains(":1:"), "{e}");
+
+        let e = p("key-table = \"/etc/opendkim/KeyTable\"").unwrap_err();
+        assert!(e.to_string().contains("signing-table"), "{e}");
+
+        let e = p("sign-headers = [\"Subject\"]").unwrap_err();
+        assert!(e.to_string().contains("From"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error_naming_it() {
+        let e = Config::load(Path::new("/nonexistent/dkim.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/dkim.toml: cannot read")
+        );
+    }
+
+    #[test]
+    fn cidr_edges() {
+        let c: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(c.contains("203.0.113.9".parse().unwrap()));
+        assert!(!c.contains("2001:db8::1".parse().unwrap()));
+        assert!(
+            "::/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!("300.1.1.1".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/x".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn line_of_offsets() {
+        assert_eq!(line_of("a\nb\nc", 0), 1);
+        assert_eq!(line_of("a\nb\nc", 2), 2);
+        assert_eq!(line_of("a\nb\nc", 99), 3);
+    }
+}

@@ -1,0 +1,13 @@
+//! dkim-milter: DKIM signing and verifying milter, a drop-in replacement for OpenDKIM.
+//!
+//! The domain logic is sans-IO and lives in small modules; the milter glue adapts it
+//! to milter-core's handler API.
+
+pub mod address;
+pub mod config;
+pub mod decision;
+pub mod keys;
+pub mod keystore;
+pub mod sign;
+pub mod tables;
+pub mod verify;

@@ -1,0 +1,490 @@
+//! Inbound verification: buffer the message (bounded), verify with mail-auth, build
+//! `Authentication-Results`, and spot forged A-R headers that claim our authserv-id.
+//!
+//! mail-auth has no streaming verifier, so the message is kept whole up to
+//! `verify-max-message-size`; past that we stop buffering and report `neutral`/`none`.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mail_auth::dkim::DomainKey;
+use mail_auth::dns::TxtRecordParser;
+use mail_auth::headers::HeaderWriter;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimResult, DnsCache, MessageAuthenticator, Mx,
+    Negative, Parameters, RecordSet, ResolverCache, TxtRecord,
+};
+
+use crate::sign::milter_value;
+
+/// A bounded TTL map: the verifier's DNS cache (and, pre-filled, the test zone).
+pub struct BoundedCache<K, V> {
+    map: Mutex<HashMap<K, (V, Instant)>>,
+    max_entries: usize,
+}
+
+impl<K: Hash + Eq, V: Clone> BoundedCache<K, V> {
+    /// An empty cache holding at most `max_entries`.
+    pub fn new(max_entries: usize) -> Self {
+        BoundedCache {
+            map: Mutex::new(HashMap::new()),
+            max_entries: max_entries.max(1),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for BoundedCache<K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self.map.lock().ok()?;
+        let (v, until) = map.get(name)?;
+        (*until > Instant::now()).then(|| v.clone())
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.lock().ok()?.remove(name).map(|(v, _)| v)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= self.max_entries {
+            let now = Instant::now();
+            map.retain(|_, (_, until)| *until > now);
+            if map.len() >= self.max_entries {
+                map.clear();
+            }
+        }
+        map.insert(key, (value, valid_until));
+    }
+}
+
+type Answer<T> = Result<RecordSet<T>, Negative>;
+
+/// The five caches mail-auth wants; only TXT matters for DKIM.
+pub struct Caches {
+    txt: BoundedCache<Box<str>, TxtRecord>,
+    mx: BoundedCache<Box<str>, Answer<Mx>>,
+    ipv4: BoundedCache<Box<str>, Answer<Ipv4Addr>>,
+    ipv6: BoundedCache<Box<str>, Answer<Ipv6Addr>>,
+    ptr: BoundedCache<IpAddr, Answer<Box<str>>>,
+}
+
+impl Caches {
+    /// Caches bounded to `max_entries` each.
+    pub fn new(max_entries: usize) -> Caches {
+        Caches {
+            txt: BoundedCache::new(max_entries),
+            mx: BoundedCache::new(16),
+            ipv4: BoundedCache::new(16),
+            ipv6: BoundedCache::new(16),
+            ptr: BoundedCache::new(16),
+        }
+    }
+
+    /// Pre-fills a DKIM key record, e.g. `("sel._domainkey.example.com", "v=DKIM1; k=rsa; p=…")`.
+    pub fn insert_dkim_key(&self, name: &str, record: &str, ttl: Duration) {
+        let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+        self.txt.insert(
+            fqdn.into_boxed_str(),
+            TxtRecord::from(DomainKey::parse(record.as_bytes())),
+            Instant::now() + ttl,
+        );
+    }
+}
+
+impl DnsCache for Caches {
+    type Txt = BoundedCache<Box<str>, TxtRecord>;
+    type Mx = BoundedCache<Box<str>, Answer<Mx>>;
+    type Ipv4 = BoundedCache<Box<str>, Answer<Ipv4Addr>>;
+    type Ipv6 = BoundedCache<Box<str>, Answer<Ipv6Addr>>;
+    type Ptr = BoundedCache<IpAddr, Answer<Box<str>>>;
+    fn txt(&self) -> Option<&Self::Txt> {
+        Some(&self.txt)
+    }
+    fn mx(&self) -> Option<&Self::Mx> {
+        Some(&self.mx)
+    }
+    fn ipv4(&self) -> Option<&Self::Ipv4> {
+        Some(&self.ipv4)
+    }
+    fn ipv6(&self) -> Option<&Self::Ipv6> {
+        Some(&self.ipv6)
+    }
+    fn ptr(&self) -> Option<&Self::Ptr> {
+        Some(&self.ptr)
+    }
+}
+
+/// Collects a message for verification, up to a size limit.
+#[derive(Debug)]
+pub struct MessageBuffer {
+    buf: Vec<u8>,
+    limit: usize,
+    overflow: bool,
+    in_body: bool,
+    dkim_signatures: usize,
+}
+
+impl MessageBuffer {
+    /// A buffer that gives up past `limit` bytes.
+    pub fn new(limit: usize) -> MessageBuffer {
+        MessageBuffer {
+            buf: Vec::new(),
+            limit,
+            overflow: false,
+            in_body: false,
+            dkim_signatures: 0,
+        }
+    }
+
+    fn push(&mut self, parts: &[&[u8]]) {
+        if self.overflow {
+            return;
+        }
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        if self.buf.len().saturating_add(n) > self.limit {
+            self.overflow = true;
+            self.buf = Vec::new();
+            return;
+        }
+        for p in parts {
+            self.buf.extend_from_slice(p);
+        }
+    }
+
+    /// A header field, value with leading space as under HDR_LEADSPC; LF folds become CRLF.
+    pub fn header(&mut self, name: &str, value: &[u8]) {
+        if name.eq_ignore_ascii_case("DKIM-Signature") {
+            self.dkim_signatures += 1;
+        }
+        let mut v = Vec::with_capacity(value.len() + 8);
+        let mut prev = 0u8;
+        for &b in value {
+            if b == b'\n' && prev != b'\r' {
+                v.push(b'\r');
+            }
+            v.push(b);
+            prev = b;
+        }
+        self.push(&[name.as_bytes(), b":", &v, b"\r\n"]);
+    }
+
+    /// A body chunk (CRLF).
+    pub fn body(&mut self, chunk: &[u8]) {
+        if !self.in_body {
+            self.in_body = true;
+            self.push(&[b"\r\n"]);
+        }
+        self.push(&[chunk]);
+    }
+
+    /// True once the limit was passed.
+    pub fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
+    /// Number of DKIM-Signature fields seen.
+    pub fn signature_count(&self) -> usize {
+        self.dkim_signatures
+    }
+
+    /// The message, `None` if it overflowed.
+    pub fn finish(mut self) -> Option<Vec<u8>> {
+        if !self.in_body {
+            self.body(b"");
+        }
+        (!self.overflow).then_some(self.buf)
+    }
+}
+
+/// One signature's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigResult {
+    /// d= (empty if the signature could not be parsed).
+    pub domain: String,
+    /// s=
+    pub selector: String,
+    /// `pass`, `fail`, `neutral`, `permerror`, `temperror`, `none`.
+    pub result: &'static str,
+    /// Error text for non-pass.
+    pub detail: Option<String>,
+}
+
+/// What verification produced.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// Per signature.
+    pub results: Vec<SigResult>,
+    /// A-R value for INSHEADER/ADDHEADER with LEADSPC (leading space, `\n\t` folds).
+    pub auth_results: String,
+}
+
+impl VerifyReport {
+    /// `d=example.com s=sel pass; …` for the one-line log.
+    pub fn summary(&self) -> String {
+        if self.results.is_empty() {
+            return "no signatures".into();
+        }
+        self.results
+            .iter()
+            .map(|r| {
+                format!(
+                    "d={} s={} {}{}",
+                    r.domain,
+                    r.selector,
+                    r.result,
+                    r.detail
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Verifies messages against DNS (through the cache).
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    caches: Caches,
+    authserv_id: String,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("authserv_id", &self.authserv_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The resolver could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("DNS resolver setup failed: {0}")]
+pub struct ResolverError(String);
+
+impl Verifier {
+    /// A verifier using the system resolver (`/etc/resolv.conf`).
+    pub fn system(authserv_id: &str) -> Result<Verifier, ResolverError> {
+        let auth =
+            MessageAuthenticator::new_system_conf().map_err(|e| ResolverError(e.to_string()))?;
+        Ok(Verifier::with_authenticator(
+            auth,
+            Caches::new(4096),
+            authserv_id,
+        ))
+    }
+
+    /// A verifier with given parts (tests pre-fill `caches`).
+    pub fn with_authenticator(
+        auth: MessageAuthenticator,
+        caches: Caches,
+        authserv_id: &str,
+    ) -> Verifier {
+        Verifier {
+            auth,
+            caches,
+            authserv_id: authserv_id.to_string(),
+        }
+    }
+
+    /// The DNS caches (to pre-fill).
+    pub fn caches(&self) -> &Caches {
+        &self.caches
+    }
+
+    /// The authserv-id.
+    pub fn authserv_id(&self) -> &str {
+        &self.authserv_id
+    }
+
+    /// A-R for a message we did not verify (too big): `neutral` if it was signed.
+    pub fn report_skipped(&self, signatures: usize, why: &str) -> VerifyReport {
+        let result = if signatures > 0 { "neutral" } else { "none" };
+        VerifyReport {
+            results: Vec::new(),
+            auth_results: format!(" {};\n\tdkim={result} ({why})", self.authserv_id),
+        }
+    }
+
+    /// Verifies a whole message (CRLF).
+    pub async fn verify(&self, raw: &[u8]) -> VerifyReport {
+        let Some(msg) = AuthenticatedMessage::parse(raw) else {
+            return VerifyReport {
+                results: Vec::new(),
+                auth_results: format!(
+                    " {};\n\tdkim=permerror (message could not be parsed)",
+                    self.authserv_id
+                ),
+            };
+        };
+        let outs = self
+            .auth
+            .verify_dkim(Parameters::new(&msg).with_cache(&self.caches))
+            .await;
+        let results: Vec<SigResult> = outs
+            .iter()
+            .map(|o| {
+                let (result, detail) = match o.result() {
+                    DkimResult::Pass => ("pass", None),
+                    DkimResult::Neutral(e) => ("neutral", Some(e.to_string())),
+                    DkimResult::Fail(e) => ("fail", Some(e.to_string())),
+                    DkimResult::PermError(e) => ("permerror", Some(e.to_string())),
+                    DkimResult::TempError(e) => ("temperror", Some(e.to_string())),
+                    DkimResult::None => ("none", None),
+                };
+                SigResult {
+                    domain: o.signature().map(|s| s.d.clone()).unwrap_or_default(),
+                    selector: o.signature().map(|s| s.s.clone()).unwrap_or_default(),
+                    result,
+                    detail,
+                }
+            })
+            .collect();
+        let auth_results = if outs.is_empty() {
+            format!(" {};\n\tdkim=none", self.authserv_id)
+        } else {
+            milter_value(
+                &AuthenticationResults::new(&self.authserv_id)
+                    .with_dkim_results(&outs, msg.first_from_address())
+                    .to_header(),
+            )
+        };
+        VerifyReport {
+            results,
+            auth_results,
+        }
+    }
+}
+
+/// The authserv-id of an Authentication-Results value (first token, comments skipped).
+pub fn ar_authserv_id(value: &str) -> Option<&str> {
+    let mut s = value.trim_start();
+    // Skip leading comments.
+    while let Some(rest) = s.strip_prefix('(') {
+        let end = rest.find(')')?;
+        s = rest.get(end + 1..)?.trim_start();
+    }
+    let end = s
+        .find(|c: char| c == ';' || c == '(' || c.is_whitespace())
+        .unwrap_or(s.len());
+    let id = s.get(..end)?;
+    (!id.is_empty()).then_some(id)
+}
+
+/// Tracks incoming Authentication-Results fields and which claim our authserv-id.
+/// Indexes are 1-based per header name, as SMFIR_CHGHEADER wants.
+#[derive(Debug, Default, Clone)]
+pub struct ForgedArTracker {
+    seen: u32,
+    forged: Vec<u32>,
+}
+
+impl ForgedArTracker {
+    /// Looks at one incoming header field.
+    pub fn observe(&mut self, name: &str, value: &str, authserv_id: &str) {
+        if !name.eq_ignore_ascii_case("Authentication-Results") {
+            return;
+        }
+        self.seen = self.seen.saturating_add(1);
+        if ar_authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(authserv_id)) {
+            self.forged.push(self.seen);
+        }
+    }
+
+    /// CHGHEADER indexes to delete, highest first (so earlier deletes don't shift later ones).
+    pub fn forged_indexes(&self) -> Vec<u32> {
+        let mut v = self.forged.clone();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authserv_id_parsing_and_forgery() {
+        assert_eq!(
+            ar_authserv_id(" mx.example.com; dkim=pass"),
+            Some("mx.example.com")
+        );
+        assert_eq!(
+            ar_authserv_id(" (c) mx.example.com 1; none"),
+            Some("mx.example.com")
+        );
+        assert_eq!(ar_authserv_id("mx.example.com;"), Some("mx.example.com"));
+        assert_eq!(ar_authserv_id("  "), None);
+        let mut t = ForgedArTracker::default();
+        t.observe(
+            "Authentication-Results",
+            " other.example; dkim=pass",
+            "mx.example.com",
+        );
+        t.observe(
+            "authentication-results",
+            " MX.example.com; dkim=pass",
+            "mx.example.com",
+        );
+        t.observe("Subject", " mx.example.com;", "mx.example.com");
+        t.observe(
+            "Authentication-Results",
+            " mx.example.com;\n\tspf=pass",
+            "mx.example.com",
+        );
+        t.observe(
+            "Authentication-Results",
+            " mx.example.com.evil; x",
+            "mx.example.com",
+        );
+        assert_eq!(t.forged_indexes(), vec![3, 2]);
+    }
+
+    #[test]
+    fn buffer_limit() {
+        let mut b = MessageBuffer::new(64);
+        b.header("From", b" a@example.com");
+        b.header("DKIM-Signature", b" v=1;\n\tb=x");
+        assert_eq!(b.signature_count(), 1);
+        b.body(b"short\r\n");
+        assert!(!b.overflowed());
+        let mut b2 = MessageBuffer::new(64);
+        b2.header("From", b" a@example.com");
+        b2.body(&[b'x'; 100]);
+        assert!(b2.overflowed());
+        assert!(b2.finish().is_none());
+        let raw = b.finish().unwrap();
+        assert_eq!(
+            raw,
+            b"From: a@example.com\r\nDKIM-Signature: v=1;\r\n\tb=x\r\n\r\nshort\r\n".to_vec()
+        );
+    }
+
+    #[test]
+    fn bounded_cache_never_exceeds_limit() {
+        let c: BoundedCache<u32, u32> = BoundedCache::new(3);
+        let later = Instant::now() + Duration::from_secs(60);
+        for i in 0..10 {
+            c.insert(i, i, later);
+            assert!(c.map.lock().unwrap().len() <= 3);
+        }
+        assert_eq!(c.get(&9), Some(9));
+        c.insert(100, 1, Instant::now() - Duration::from_secs(1));
+        assert_eq!(c.get(&100), None);
+    }
+}
