@@ -173,8 +173,8 @@ impl ParsedKey {
     }
 }
 
-/// PKCS#8 v1 header in front of a raw 32-byte Ed25519 seed.
-const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+/// PKCS#8 v1 (RFC 8410) header in front of a raw 32-byte Ed25519 seed.
+pub const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 

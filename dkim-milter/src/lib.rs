@@ -6,8 +6,12 @@
 pub mod address;
 pub mod config;
 pub mod decision;
+pub mod keygen;
 pub mod keys;
 pub mod keystore;
+pub mod milter;
+pub mod reload;
 pub mod sign;
 pub mod tables;
+pub mod transaction;
 pub mod verify;

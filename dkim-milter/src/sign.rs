@@ -331,7 +331,6 @@ mod tests {
         let v = Verifier::with_authenticator(
             mail_auth::MessageAuthenticator::new_system_conf().unwrap(),
             Caches::new(16),
-            "mx.test",
         );
         v.caches().insert_dkim_key(
             "ed._domainkey.example.com",
@@ -343,7 +342,7 @@ mod tests {
             &r2,
             std::time::Duration::from_secs(60),
         );
-        let rep = v.verify(&raw).await;
+        let rep = v.verify(&raw, "mx.test").await;
         assert_eq!(rep.results.len(), 2, "{rep:?}");
         assert!(rep.results.iter().all(|r| r.result == "pass"), "{rep:?}");
         assert!(
@@ -356,7 +355,7 @@ mod tests {
         let mut bad = raw.clone();
         let n = bad.len();
         bad[n - 8] = b'X';
-        let rep = v.verify(&bad).await;
+        let rep = v.verify(&bad, "mx.test").await;
         assert!(rep.results.iter().all(|r| r.result != "pass"), "{rep:?}");
         let _ = KeyKind::Rsa;
     }
@@ -373,14 +372,13 @@ mod tests {
         let v = Verifier::with_authenticator(
             mail_auth::MessageAuthenticator::new_system_conf().unwrap(),
             Caches::new(16),
-            "mx.test",
         );
         v.caches().insert_dkim_key(
             "old._domainkey.example.com",
             &r,
             std::time::Duration::from_secs(60),
         );
-        let rep = v.verify(&raw).await;
+        let rep = v.verify(&raw, "mx.test").await;
         assert_eq!(rep.results[0].result, "pass", "{rep:?}");
     }
 

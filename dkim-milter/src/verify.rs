@@ -261,14 +261,11 @@ impl VerifyReport {
 pub struct Verifier {
     auth: MessageAuthenticator,
     caches: Caches,
-    authserv_id: String,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier")
-            .field("authserv_id", &self.authserv_id)
-            .finish_non_exhaustive()
+        f.debug_struct("Verifier").finish_non_exhaustive()
     }
 }
 
@@ -279,27 +276,15 @@ pub struct ResolverError(String);
 
 impl Verifier {
     /// A verifier using the system resolver (`/etc/resolv.conf`).
-    pub fn system(authserv_id: &str) -> Result<Verifier, ResolverError> {
+    pub fn system() -> Result<Verifier, ResolverError> {
         let auth =
             MessageAuthenticator::new_system_conf().map_err(|e| ResolverError(e.to_string()))?;
-        Ok(Verifier::with_authenticator(
-            auth,
-            Caches::new(4096),
-            authserv_id,
-        ))
+        Ok(Verifier::with_authenticator(auth, Caches::new(4096)))
     }
 
     /// A verifier with given parts (tests pre-fill `caches`).
-    pub fn with_authenticator(
-        auth: MessageAuthenticator,
-        caches: Caches,
-        authserv_id: &str,
-    ) -> Verifier {
-        Verifier {
-            auth,
-            caches,
-            authserv_id: authserv_id.to_string(),
-        }
+    pub fn with_authenticator(auth: MessageAuthenticator, caches: Caches) -> Verifier {
+        Verifier { auth, caches }
     }
 
     /// The DNS caches (to pre-fill).
@@ -307,28 +292,23 @@ impl Verifier {
         &self.caches
     }
 
-    /// The authserv-id.
-    pub fn authserv_id(&self) -> &str {
-        &self.authserv_id
-    }
-
     /// A-R for a message we did not verify (too big): `neutral` if it was signed.
-    pub fn report_skipped(&self, signatures: usize, why: &str) -> VerifyReport {
+    pub fn report_skipped(&self, signatures: usize, why: &str, authserv_id: &str) -> VerifyReport {
         let result = if signatures > 0 { "neutral" } else { "none" };
         VerifyReport {
             results: Vec::new(),
-            auth_results: format!(" {};\n\tdkim={result} ({why})", self.authserv_id),
+            auth_results: format!(" {};\n\tdkim={result} ({why})", authserv_id),
         }
     }
 
     /// Verifies a whole message (CRLF).
-    pub async fn verify(&self, raw: &[u8]) -> VerifyReport {
+    pub async fn verify(&self, raw: &[u8], authserv_id: &str) -> VerifyReport {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
             return VerifyReport {
                 results: Vec::new(),
                 auth_results: format!(
                     " {};\n\tdkim=permerror (message could not be parsed)",
-                    self.authserv_id
+                    authserv_id
                 ),
             };
         };
@@ -356,10 +336,10 @@ impl Verifier {
             })
             .collect();
         let auth_results = if outs.is_empty() {
-            format!(" {};\n\tdkim=none", self.authserv_id)
+            format!(" {};\n\tdkim=none", authserv_id)
         } else {
             milter_value(
-                &AuthenticationResults::new(&self.authserv_id)
+                &AuthenticationResults::new(authserv_id)
                     .with_dkim_results(&outs, msg.first_from_address())
                     .to_header(),
             )

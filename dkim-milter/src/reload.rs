@@ -1,0 +1,292 @@
+//! The serving state (config + key store) and its atomic replacement.
+//!
+//! A new [`State`] is built off to the side (on SIGHUP, or when the poller sees a
+//! change under the config, tables or keys dir) and swapped in with `ArcSwap`; messages
+//! in flight keep the `Arc` they started with. A state that fails to build is logged
+//! with file and reason and the previous one keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, ConfigError};
+use crate::keystore::{KeyStore, StoreError};
+use crate::sign::SignOptions;
+use crate::tables::parse_spec;
+
+/// Why a state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Config file problem.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Keys dir or table problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Everything a message needs, immutable once built.
+#[derive(Debug)]
+pub struct State {
+    /// The config.
+    pub config: Config,
+    /// Where it came from (`None`: embedded defaults).
+    pub config_path: Option<PathBuf>,
+    /// Signing keys.
+    pub keys: KeyStore,
+    /// Signer options derived from the config.
+    pub sign_options: SignOptions,
+    /// The effective authserv-id.
+    pub authserv_id: String,
+    /// Stamps of the files this state was built from (taken before reading them).
+    pub fingerprint: Fingerprint,
+}
+
+impl State {
+    /// Loads config (or defaults) and all keys.
+    pub fn build(config_path: Option<&Path>) -> Result<State, LoadError> {
+        let config = match config_path {
+            Some(p) => Config::load(p)?,
+            None => Config::defaults(),
+        };
+        State::from_config(config, config_path.map(Path::to_path_buf))
+    }
+
+    /// Loads the keys for an already parsed config.
+    pub fn from_config(config: Config, config_path: Option<PathBuf>) -> Result<State, LoadError> {
+        let fingerprint = fingerprint(config_path.as_deref(), &config);
+        let keys = KeyStore::load(&config)?;
+        Ok(State {
+            fingerprint,
+            sign_options: SignOptions::from_config(&config),
+            authserv_id: config.authserv_id(),
+            keys,
+            config,
+            config_path,
+        })
+    }
+
+    /// Logs the load-time findings (one line each).
+    pub fn log_notes(&self) {
+        for n in self.keys.notes() {
+            if n.error {
+                tracing::error!("{}", n.text);
+            } else if n.text.contains("warning:") {
+                tracing::warn!("{}", n.text);
+            } else {
+                tracing::info!("{}", n.text);
+            }
+        }
+    }
+}
+
+/// The shared, swappable state.
+pub type Shared = Arc<ArcSwap<State>>;
+
+/// Modification stamp of everything a state was built from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<(PathBuf, Option<Stamp>)>);
+
+/// mtime, size, mode of one path.
+type Stamp = (SystemTime, u64, u32);
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    Some((m.modified().ok()?, m.len(), m.mode()))
+}
+
+/// Files and directories whose change triggers a reload: the config file, the
+/// tables and the key files they name, and `{keys-dir}`, its domain dirs and files.
+pub fn fingerprint(config_path: Option<&Path>, cfg: &Config) -> Fingerprint {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Some(p) = config_path {
+        paths.push(p.to_path_buf());
+    }
+    let tables = [&cfg.key_table, &cfg.signing_table];
+    if tables.iter().all(|t| t.is_some()) {
+        for spec in tables.into_iter().flatten() {
+            if let Ok((_, p)) = parse_spec(spec) {
+                if let Ok(text) = std::fs::read_to_string(&p) {
+                    // Key files named in a KeyTable (third colon field of each line).
+                    for line in text.lines() {
+                        if let Some(path) = line
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|v| v.splitn(3, ':').nth(2))
+                            .filter(|k| k.starts_with('/') && !k.contains('%'))
+                        {
+                            paths.push(PathBuf::from(path));
+                        }
+                    }
+                }
+                paths.push(p);
+            }
+        }
+    } else {
+        paths.push(cfg.keys_dir.clone());
+        if let Ok(rd) = std::fs::read_dir(&cfg.keys_dir) {
+            for d in rd.flatten() {
+                paths.push(d.path());
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    paths.extend(files.flatten().map(|f| f.path()));
+                }
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    Fingerprint(paths.into_iter().map(|p| (p.clone(), stamp(&p))).collect())
+}
+
+/// Builds a new state and swaps it in; on failure logs and keeps the old one.
+/// Returns true if swapped.
+pub fn reload_now(shared: &Shared, config_path: Option<&Path>, why: &str) -> bool {
+    match State::build(config_path) {
+        Ok(new) => {
+            let old = shared.load();
+            if new.config.socket != old.config.socket {
+                tracing::warn!(
+                    "socket changed from {} to {}: takes effect only after a restart",
+                    old.config.socket,
+                    new.config.socket
+                );
+            }
+            new.log_notes();
+            tracing::info!(
+                "reloaded ({why}): {} signing domains/keys usable",
+                new.keys.usable_count()
+            );
+            shared.store(Arc::new(new));
+            true
+        }
+        Err(e) => {
+            tracing::error!("reload ({why}) refused, previous configuration keeps serving: {e}");
+            false
+        }
+    }
+}
+
+/// Runs forever: reload on SIGHUP and when [`fingerprint`] changes (polled every
+/// `reload-poll-seconds`). Must run inside a tokio runtime.
+pub async fn watch(shared: Shared, config_path: Option<PathBuf>) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP ({e}); reload on file change only");
+            None
+        }
+    };
+    let mut last = shared.load().fingerprint.clone();
+    loop {
+        let poll = Duration::from_secs(shared.load().config.reload_poll_seconds.max(1));
+        let why = tokio::select! {
+            _ = async {
+                match hup.as_mut() {
+                    Some(h) => { h.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => "SIGHUP",
+            _ = tokio::time::sleep(poll) => "change",
+        };
+        let path = config_path.clone();
+        let shared2 = shared.clone();
+        let current = {
+            let st = shared.load();
+            fingerprint(path.as_deref(), &st.config)
+        };
+        if why == "change" && current == last {
+            continue;
+        }
+        let why_s = if why == "change" {
+            "files changed"
+        } else {
+            "SIGHUP"
+        };
+        let _ =
+            tokio::task::spawn_blocking(move || reload_now(&shared2, path.as_deref(), why_s)).await;
+        // Remember what we tried, so a broken file is not retried every poll. (After a
+        // successful reload that changed which paths are watched, the next poll reloads
+        // once more; harmless.)
+        last = current;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn genkey(dir: &Path, domain: &str, sel: &str) {
+        let d = dir.join(domain);
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(
+            std::process::Command::new("opendkim-genkey")
+                .args(["-D", d.to_str().unwrap(), "-d", domain, "-s", sel])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn selectors(shared: &Shared, from: &str) -> Vec<String> {
+        match shared.load().keys.lookup(from) {
+            crate::keystore::Lookup::Sign(k) => k.into_iter().map(|k| k.selector).collect(),
+            _ => vec![],
+        }
+    }
+
+    #[test]
+    fn broken_config_keeps_previous_state() {
+        let t = tempfile::tempdir().unwrap();
+        let keys = t.path().join("keys");
+        genkey(&keys, "example.com", "a");
+        let cfgp = t.path().join("dkim.toml");
+        std::fs::write(&cfgp, format!("keys-dir = {:?}\n", keys)).unwrap();
+        let shared: Shared = Arc::new(ArcSwap::from_pointee(State::build(Some(&cfgp)).unwrap()));
+        assert_eq!(selectors(&shared, "x@example.com"), vec!["a"]);
+
+        let fp0 = fingerprint(Some(&cfgp), &shared.load().config);
+        genkey(&keys, "example.com", "b");
+        let fp1 = fingerprint(Some(&cfgp), &shared.load().config);
+        assert_ne!(fp0, fp1, "a new key file changes the fingerprint");
+        assert!(reload_now(&shared, Some(&cfgp), "test"));
+        assert_eq!(selectors(&shared, "x@example.com"), vec!["b"]);
+
+        std::fs::write(&cfgp, "keys-dir = 5\n").unwrap();
+        assert!(!reload_now(&shared, Some(&cfgp), "test"));
+        assert_eq!(selectors(&shared, "x@example.com"), vec!["b"]);
+
+        std::fs::write(&cfgp, "keys-dir = \"/nonexistent\"\n").unwrap();
+        assert!(!reload_now(&shared, Some(&cfgp), "test"));
+        assert_eq!(selectors(&shared, "x@example.com"), vec!["b"]);
+    }
+
+    #[tokio::test]
+    async fn watcher_picks_up_new_key_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let keys = t.path().join("keys");
+        genkey(&keys, "example.com", "a");
+        let cfgp = t.path().join("dkim.toml");
+        std::fs::write(
+            &cfgp,
+            format!("keys-dir = {:?}\nreload-poll-seconds = 1\n", keys),
+        )
+        .unwrap();
+        let shared: Shared = Arc::new(ArcSwap::from_pointee(State::build(Some(&cfgp)).unwrap()));
+        let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone())));
+        assert!(selectors(&shared, "x@example.org").is_empty());
+        genkey(&keys, "example.org", "new");
+        let mut ok = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if selectors(&shared, "x@example.org") == vec!["new"] {
+                ok = true;
+                break;
+            }
+        }
+        task.abort();
+        assert!(ok, "new domain picked up by the poller");
+    }
+}

@@ -1,0 +1,492 @@
+//! One message through the milter, without the protocol: headers, end of headers
+//! (the decision), body, end of message (the modifications and the one log line).
+//!
+//! The milter glue only translates events into these calls and [`EomOutcome`] into
+//! milter modifications, so all behaviour is testable here without a socket.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::address::from_address;
+use crate::config::OnKeyError;
+use crate::decision::{Action, Decision, Origin, Reason, decide};
+use crate::reload::State;
+use crate::sign::MessageSigner;
+use crate::verify::{ForgedArTracker, MessageBuffer, Verifier};
+
+/// Header bytes buffered before the decision (the MTA bounds each field; this bounds
+/// their sum).
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Connection and envelope facts from the MTA's macros.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// Client IP (`None` for local submission).
+    pub client_addr: Option<IpAddr>,
+    /// `{daemon_name}`.
+    pub daemon_name: Option<String>,
+    /// `{auth_type}`.
+    pub auth_type: Option<String>,
+    /// `{auth_authen}`.
+    pub auth_authen: Option<String>,
+    /// Queue id `i`, for the log line.
+    pub queue_id: Option<String>,
+}
+
+enum Work {
+    Collecting,
+    Signing(MessageSigner),
+    Verifying(MessageBuffer),
+    Nothing,
+}
+
+/// What to tell the MTA at end of message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EomOutcome {
+    /// INSHEADER at index 0, in this order (each goes on top of the previous).
+    pub insert_top: Vec<(&'static str, String)>,
+    /// CHGHEADER deletes: (name, 1-based occurrence), highest first.
+    pub delete: Vec<(&'static str, u32)>,
+    /// Answer 4xx with this text instead of continuing.
+    pub tempfail: Option<String>,
+    /// The one log line for this message.
+    pub log: String,
+}
+
+/// One message.
+pub struct Transaction {
+    state: Arc<State>,
+    facts: Facts,
+    leadspc: bool,
+    headers: Vec<(String, Vec<u8>)>,
+    header_bytes: usize,
+    too_big: bool,
+    from: Option<String>,
+    forged: ForgedArTracker,
+    work: Work,
+    decision: Option<Decision>,
+}
+
+impl std::fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transaction")
+            .field("facts", &self.facts)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transaction {
+    /// Starts a message under `state`. `leadspc`: HDR_LEADSPC was negotiated, so
+    /// header values keep their leading space (and ours must carry one).
+    pub fn new(state: Arc<State>, facts: Facts, leadspc: bool) -> Transaction {
+        Transaction {
+            state,
+            facts,
+            leadspc,
+            headers: Vec::new(),
+            header_bytes: 0,
+            too_big: false,
+            from: None,
+            forged: ForgedArTracker::default(),
+            work: Work::Collecting,
+            decision: None,
+        }
+    }
+
+    /// Updates facts that arrive later (e.g. `i` at EOH, auth macros at MAIL).
+    pub fn facts_mut(&mut self) -> &mut Facts {
+        &mut self.facts
+    }
+
+    /// One header field, as the milter HEADER event gives it.
+    pub fn header(&mut self, name: &[u8], value: &[u8]) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        let mut v = Vec::with_capacity(value.len() + 1);
+        if !self.leadspc {
+            // The MTA stripped one space; put it back so c=simple sees the real bytes in
+            // the common case.
+            v.push(b' ');
+        }
+        v.extend_from_slice(value);
+        let text = String::from_utf8_lossy(&v);
+        self.forged.observe(&name, &text, &self.state.authserv_id);
+        if self.from.is_none() && name.eq_ignore_ascii_case("From") {
+            self.from = from_address(&text);
+        }
+        self.header_bytes = self.header_bytes.saturating_add(name.len() + v.len() + 3);
+        if self.header_bytes > MAX_HEADER_BYTES {
+            self.too_big = true;
+            self.headers = Vec::new();
+            return;
+        }
+        self.headers.push((name, v));
+    }
+
+    /// End of headers: decide, then feed the buffered headers to the signer or verifier.
+    pub fn end_of_headers(&mut self) {
+        if !matches!(self.work, Work::Collecting) {
+            return;
+        }
+        let st = self.state.clone();
+        let origin = Origin {
+            auth_type: self.facts.auth_type.as_deref(),
+            auth_authen: self.facts.auth_authen.as_deref(),
+            daemon_name: self.facts.daemon_name.as_deref(),
+            client_addr: self.facts.client_addr,
+            from_address: self.from.as_deref(),
+        };
+        let decision = decide(&st.config, &origin, |f| st.keys.lookup(f));
+        self.work = if self.too_big {
+            Work::Nothing
+        } else {
+            match &decision.action {
+                Action::Sign(keys) => {
+                    let mut s = MessageSigner::new(keys, &st.sign_options);
+                    for (n, v) in &self.headers {
+                        // Headers before the body cannot fail.
+                        let _ = s.header(n, v);
+                    }
+                    Work::Signing(s)
+                }
+                Action::Verify => {
+                    let mut b = MessageBuffer::new(st.config.verify_max_message_size);
+                    for (n, v) in &self.headers {
+                        b.header(n, v);
+                    }
+                    Work::Verifying(b)
+                }
+                Action::Neither | Action::KeyError => Work::Nothing,
+            }
+        };
+        self.headers = Vec::new();
+        self.decision = Some(decision);
+    }
+
+    /// True if body chunks are still wanted (the glue may answer SKIP otherwise).
+    pub fn wants_body(&self) -> bool {
+        matches!(
+            self.work,
+            Work::Signing(_) | Work::Verifying(_) | Work::Collecting
+        )
+    }
+
+    /// A body chunk.
+    pub fn body(&mut self, chunk: &[u8]) {
+        self.end_of_headers();
+        match &mut self.work {
+            Work::Signing(s) => s.body(chunk),
+            Work::Verifying(b) => b.body(chunk),
+            _ => {}
+        }
+    }
+
+    fn tag(&self) -> String {
+        let q = self.facts.queue_id.as_deref().unwrap_or("-");
+        let from = self.from.as_deref().unwrap_or("-");
+        format!("{q}: from={from}")
+    }
+
+    /// End of message: signatures or A-R, forged A-R deletions, and the log line.
+    pub async fn end_of_message(mut self, verifier: Option<&Verifier>) -> EomOutcome {
+        self.end_of_headers();
+        let tag = self.tag();
+        let st = self.state.clone();
+        let reason = self
+            .decision
+            .as_ref()
+            .map(|d| d.reason.clone())
+            .unwrap_or(Reason::NoFromAddress);
+        let mut out = EomOutcome::default();
+        let strip = |v: String| {
+            if self.leadspc {
+                v
+            } else {
+                v.trim_start().to_string()
+            }
+        };
+        if self.too_big {
+            out.log = format!(
+                "{tag}: not signed or verified: header block larger than {MAX_HEADER_BYTES} bytes"
+            );
+            return out;
+        }
+        match std::mem::replace(&mut self.work, Work::Nothing) {
+            Work::Signing(s) => match s.finish() {
+                Ok(sigs) => {
+                    let parts: Vec<String> = sigs
+                        .iter()
+                        .map(|s| format!("d={} s={} a={}", s.domain, s.selector, s.algorithm))
+                        .collect();
+                    // Inserted at 0 one after the other: insert in reverse so the
+                    // first signature ends up on top.
+                    for s in sigs.into_iter().rev() {
+                        out.insert_top.push((s.name, strip(s.value)));
+                    }
+                    out.log = format!("{tag}: signed {} ({reason})", parts.join(", "));
+                }
+                Err(e) => {
+                    out.log = format!("{tag}: not signed: {e}");
+                    if st.config.on_key_error == OnKeyError::Tempfail {
+                        out.tempfail = Some("4.7.0 DKIM signing failed, try again later".into());
+                        out.log.push_str("; tempfail");
+                    } else {
+                        out.log.push_str("; accepted unsigned");
+                    }
+                }
+            },
+            Work::Verifying(b) => {
+                let sigs = b.signature_count();
+                let authserv = st.authserv_id.clone();
+                let report = match (b.finish(), verifier) {
+                    (Some(raw), Some(v)) => Some(v.verify(&raw, &authserv).await),
+                    (None, Some(v)) => Some(v.report_skipped(
+                        sigs,
+                        "message larger than verify-max-message-size",
+                        &authserv,
+                    )),
+                    (_, None) => None,
+                };
+                for idx in self.forged.forged_indexes() {
+                    out.delete.push(("Authentication-Results", idx));
+                }
+                match report {
+                    Some(r) => {
+                        out.insert_top
+                            .push(("Authentication-Results", strip(r.auth_results.clone())));
+                        out.log = format!("{tag}: verified: {} ({reason})", r.summary());
+                    }
+                    None => out.log = format!("{tag}: not verified: no resolver ({reason})"),
+                }
+                if !out.delete.is_empty() {
+                    out.log.push_str(&format!(
+                        "; removed {} forged Authentication-Results",
+                        out.delete.len()
+                    ));
+                }
+            }
+            _ => {
+                let key_error = matches!(
+                    self.decision.as_ref().map(|d| &d.action),
+                    Some(Action::KeyError)
+                );
+                out.log = format!("{tag}: not signed: {reason}");
+                if key_error {
+                    if st.config.on_key_error == OnKeyError::Tempfail {
+                        out.tempfail =
+                            Some("4.7.0 DKIM key for the sender domain is unusable".into());
+                        out.log.push_str("; tempfail (on-key-error)");
+                    } else {
+                        out.log.push_str("; accepted unsigned (on-key-error)");
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::verify::Caches;
+    use std::path::Path;
+
+    fn genkey(dir: &Path, domain: &str, sel: &str) -> String {
+        let d = dir.join(domain);
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(
+            std::process::Command::new("opendkim-genkey")
+                .args(["-D", d.to_str().unwrap(), "-d", domain, "-s", sel])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let txt = std::fs::read_to_string(d.join(format!("{sel}.txt"))).unwrap();
+        crate::keys::parse_txt_file(&txt).unwrap().record
+    }
+
+    fn state(keys: &Path, f: impl FnOnce(&mut Config)) -> Arc<State> {
+        let mut c = Config {
+            keys_dir: keys.to_path_buf(),
+            authserv_id: Some("mx.test".into()),
+            ..Config::default()
+        };
+        f(&mut c);
+        Arc::new(State::from_config(c, None).unwrap())
+    }
+
+    fn feed(t: &mut Transaction, headers: &[(&str, &str)], body: &[u8]) {
+        for (n, v) in headers {
+            t.header(n.as_bytes(), v.as_bytes());
+        }
+        t.end_of_headers();
+        t.body(body);
+    }
+
+    /// Rebuilds the message the MTA would deliver (LEADSPC values, LF folds).
+    fn assemble(top: &[(&'static str, String)], headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut m = Vec::new();
+        for (n, v) in top.iter().rev() {
+            m.extend_from_slice(format!("{n}:{}\r\n", v.replace('\n', "\r\n")).as_bytes());
+        }
+        for (n, v) in headers {
+            m.extend_from_slice(format!("{n}:{}\r\n", v.replace('\n', "\r\n")).as_bytes());
+        }
+        m.extend_from_slice(b"\r\n");
+        m.extend_from_slice(body);
+        m
+    }
+
+    #[tokio::test]
+    async fn sign_then_verify_round_trip_and_forged_ar() {
+        let t = tempfile::tempdir().unwrap();
+        let rec = genkey(t.path(), "example.com", "sel");
+        let st = state(t.path(), |_| {});
+        let headers = [
+            ("From", " Joe <joe@example.com>"),
+            ("To", " you@example.org"),
+            ("Subject", " hi\n\tthere"),
+        ];
+        let body = b"Hello\r\n";
+        let mut tx = Transaction::new(
+            st.clone(),
+            Facts {
+                auth_type: Some("PLAIN".into()),
+                client_addr: Some("198.51.100.7".parse().unwrap()),
+                queue_id: Some("ABC123".into()),
+                ..Facts::default()
+            },
+            true,
+        );
+        feed(&mut tx, &headers, body);
+        let out = tx.end_of_message(None).await;
+        assert_eq!(out.tempfail, None);
+        assert_eq!(out.insert_top.len(), 1);
+        assert!(out.log.starts_with("ABC123: from=joe@example.com: signed d=example.com s=sel a=rsa-sha256 (authenticated sender)"), "{}", out.log);
+
+        // Inbound from a stranger: verified, and an A-R claiming our id is removed.
+        let mut signed_headers: Vec<(String, String)> = out
+            .insert_top
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        signed_headers.insert(
+            0,
+            (
+                "Authentication-Results".into(),
+                " mx.test; dkim=pass (forged)".into(),
+            ),
+        );
+        signed_headers.extend(headers.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        let hs: Vec<(&str, &str)> = signed_headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        let v = Verifier::with_authenticator(
+            mail_auth::MessageAuthenticator::new_system_conf().unwrap(),
+            Caches::new(8),
+        );
+        v.caches().insert_dkim_key(
+            "sel._domainkey.example.com",
+            &rec,
+            std::time::Duration::from_secs(60),
+        );
+        let mut rx = Transaction::new(
+            st.clone(),
+            Facts {
+                client_addr: Some("203.0.113.9".parse().unwrap()),
+                ..Facts::default()
+            },
+            true,
+        );
+        feed(&mut rx, &hs, body);
+        let out = rx.end_of_message(Some(&v)).await;
+        assert_eq!(out.delete, vec![("Authentication-Results", 1)]);
+        assert_eq!(out.insert_top.len(), 1);
+        assert!(
+            out.insert_top[0]
+                .1
+                .starts_with(" mx.test;\n\tdkim=pass header.d=example.com header.s=sel"),
+            "{:?}",
+            out.insert_top
+        );
+        assert!(
+            out.log.contains("verified: d=example.com s=sel pass"),
+            "{}",
+            out.log
+        );
+        assert!(out.log.contains("removed 1 forged"), "{}", out.log);
+        let _ = assemble(&[], &[], b"");
+    }
+
+    #[tokio::test]
+    async fn key_error_tempfail_or_accept() {
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "sel");
+        std::fs::write(t.path().join("example.com/sel.private"), "broken").unwrap();
+        for (policy, tempfail) in [(OnKeyError::Tempfail, true), (OnKeyError::Accept, false)] {
+            let st = state(t.path(), |c| c.on_key_error = policy);
+            let mut tx = Transaction::new(
+                st,
+                Facts {
+                    client_addr: Some("127.0.0.1".parse().unwrap()),
+                    ..Facts::default()
+                },
+                true,
+            );
+            feed(&mut tx, &[("From", " a@example.com")], b"x\r\n");
+            let out = tx.end_of_message(None).await;
+            assert_eq!(out.tempfail.is_some(), tempfail, "{}", out.log);
+            assert!(out.insert_top.is_empty());
+            assert!(out.log.contains("key error for example.com"), "{}", out.log);
+        }
+    }
+
+    #[tokio::test]
+    async fn stranger_claiming_our_domain_is_not_signed() {
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "sel");
+        let st = state(t.path(), |c| c.mode = crate::config::Mode::Sign);
+        let mut tx = Transaction::new(
+            st,
+            Facts {
+                client_addr: Some("203.0.113.9".parse().unwrap()),
+                ..Facts::default()
+            },
+            true,
+        );
+        feed(&mut tx, &[("From", " ceo@example.com")], b"x\r\n");
+        assert!(!tx.wants_body());
+        let out = tx.end_of_message(None).await;
+        assert!(out.insert_top.is_empty() && out.tempfail.is_none());
+        assert!(
+            out.log.contains("not signed: external client"),
+            "{}",
+            out.log
+        );
+    }
+
+    #[tokio::test]
+    async fn without_leadspc_values_get_space_and_output_has_none() {
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "sel");
+        let st = state(t.path(), |_| {});
+        let mut tx = Transaction::new(
+            st,
+            Facts {
+                client_addr: Some("::1".parse().unwrap()),
+                ..Facts::default()
+            },
+            false,
+        );
+        feed(&mut tx, &[("From", "a@example.com")], b"x\r\n");
+        let out = tx.end_of_message(None).await;
+        assert!(
+            out.insert_top[0].1.starts_with("v=1;"),
+            "{:?}",
+            out.insert_top
+        );
+    }
+}
