@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::proto::flags::{Actions, ProtocolFlags};
+use crate::proto::flags::{Actions, ProtocolFlags, Stage};
 
 /// A command or reply code as it appears on the wire, printed as a character when it is one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +122,18 @@ pub enum NegotiateError {
         /// The milter's version.
         milter: u32,
     },
+    /// A requested macro list cannot be sent (the milter's fault).
+    #[error("invalid macro request for stage {stage:?}: {reason}")]
+    InvalidMacroRequest {
+        /// The stage of the offending list.
+        stage: Stage,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The session was asked to negotiate while no offer awaited an answer (the API
+    /// user's fault).
+    #[error("no negotiation offer awaits an answer")]
+    NotPending,
 }
 
 /// The program using this API asked for something the protocol does not allow now.
@@ -159,6 +171,14 @@ pub enum UsageError {
         field: &'static str,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// The reply needs a protocol option that was not negotiated (e.g. SKIP).
+    #[error("{what} needs protocol option {needed:?}, which was not negotiated")]
+    ProtocolNotNegotiated {
+        /// What was attempted.
+        what: &'static str,
+        /// The protocol bit it needs.
+        needed: ProtocolFlags,
     },
     /// A body replacement was interleaved with other modifications (Postfix refuses that).
     #[error("body replacement must be sent as one contiguous run of chunks")]

@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod negotiate;
 pub mod proto;
+pub mod session;
 pub mod wire;
 
 pub use error::{Error, NegotiateError, Phase, ProtocolError, UsageError};

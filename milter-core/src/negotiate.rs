@@ -1,0 +1,232 @@
+//! Option negotiation: the MTA's [`Offer`], the milter's [`Request`], and what both
+//! agreed on ([`Negotiated`]).
+//!
+//! Nothing is faked: a milter that needs an action or protocol step the MTA does not offer
+//! is refused, instead of pretending (as libmilter does for `NR_*`) and desynchronising the
+//! stream later. Steps that are merely nice to have go in [`Request::optional_protocol`].
+
+use crate::error::NegotiateError;
+use crate::proto::command::{OptNeg, code};
+use crate::proto::flags::{Actions, ProtocolFlags, Stage};
+use crate::proto::reply::{MacroRequest, OptNegReply};
+
+/// The highest protocol version this crate speaks.
+pub const MAX_VERSION: u32 = 6;
+
+/// The lowest protocol version this crate accepts (libmilter's floor as well).
+pub const MIN_VERSION: u32 = 2;
+
+/// What the MTA offered in its `O` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offer {
+    /// The MTA's protocol version.
+    pub version: u32,
+    /// Actions the MTA can perform.
+    pub actions: Actions,
+    /// Protocol steps and options the MTA understands.
+    pub protocol: ProtocolFlags,
+}
+
+impl From<OptNeg> for Offer {
+    fn from(o: OptNeg) -> Offer {
+        Offer {
+            version: o.version,
+            actions: o.actions,
+            protocol: o.protocol,
+        }
+    }
+}
+
+/// What a milter asks for. Built with the `with_*` methods or by filling the fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Actions the milter needs; refused if not offered.
+    pub actions: Actions,
+    /// Steps and options the milter needs (`NO_*`, `NR_*`, `SKIP`, `HEADER_LEADING_SPACE`,
+    /// `RCPT_REJ`); refused if not offered.
+    pub protocol: ProtocolFlags,
+    /// Steps and options used only if offered (e.g. `NR_*` to save round trips).
+    pub optional_protocol: ProtocolFlags,
+    /// Macro lists appended to the answer; they need `SET_MACROS` offered.
+    pub macros: Vec<MacroRequest>,
+}
+
+impl Request {
+    /// A request for nothing: every event, a reply to each, no modifications.
+    pub fn new() -> Request {
+        Request::default()
+    }
+
+    /// Adds needed actions.
+    pub fn with_actions(mut self, actions: Actions) -> Request {
+        self.actions |= actions;
+        self
+    }
+
+    /// Adds needed protocol steps or options.
+    pub fn with_protocol(mut self, protocol: ProtocolFlags) -> Request {
+        self.protocol |= protocol;
+        self
+    }
+
+    /// Adds protocol steps or options used only if the MTA offers them.
+    pub fn with_optional_protocol(mut self, protocol: ProtocolFlags) -> Request {
+        self.optional_protocol |= protocol;
+        self
+    }
+
+    /// Asks for these macros at `stage` (names like `i` or `{auth_type}`).
+    pub fn with_macros<I, S>(mut self, stage: Stage, names: I) -> Request
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.macros.push(MacroRequest {
+            stage,
+            names: names.into_iter().map(Into::into).collect(),
+        });
+        self
+    }
+}
+
+/// What both sides agreed on; the session enforces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    /// The protocol version in use: the lower of the MTA's and [`MAX_VERSION`].
+    pub version: u32,
+    /// Actions the milter may use at end of message.
+    pub actions: Actions,
+    /// Protocol steps and options in force.
+    pub protocol: ProtocolFlags,
+    /// Macro lists sent to the MTA.
+    pub macros: Vec<MacroRequest>,
+}
+
+impl Negotiated {
+    /// Whether the milter must stay silent after `command_code`: always for macros, abort
+    /// and quit; for other commands when their `NR_*` flag was negotiated.
+    pub fn no_reply(&self, command_code: u8) -> bool {
+        match command_code {
+            code::MACRO | code::ABORT | code::QUIT | code::QUIT_NC => true,
+            c => no_reply_flag(c).is_some_and(|f| self.protocol.contains(f)),
+        }
+    }
+
+    /// Whether the MTA was asked not to send `command_code` (a `NO_*` flag, or an event the
+    /// negotiated version lacks: UNKNOWN needs 3, DATA needs 4).
+    pub fn skipped(&self, command_code: u8) -> bool {
+        let flag = match command_code {
+            code::CONNECT => ProtocolFlags::NO_CONNECT,
+            code::HELO => ProtocolFlags::NO_HELO,
+            code::MAIL => ProtocolFlags::NO_MAIL,
+            code::RCPT => ProtocolFlags::NO_RCPT,
+            code::DATA if self.version < 4 => return true,
+            code::DATA => ProtocolFlags::NO_DATA,
+            code::HEADER => ProtocolFlags::NO_HEADERS,
+            code::EOH => ProtocolFlags::NO_EOH,
+            code::BODY => ProtocolFlags::NO_BODY,
+            code::UNKNOWN if self.version < 3 => return true,
+            code::UNKNOWN => ProtocolFlags::NO_UNKNOWN,
+            _ => return false,
+        };
+        self.protocol.contains(flag)
+    }
+
+    /// Whether header values pass unchanged both ways (`HEADER_LEADING_SPACE`): the milter
+    /// sees the space after the colon and must supply it in headers it adds.
+    pub fn leading_space(&self) -> bool {
+        self.protocol.contains(ProtocolFlags::HEADER_LEADING_SPACE)
+    }
+
+    /// Whether the milter may answer BODY with SKIP.
+    pub fn skip(&self) -> bool {
+        self.protocol.contains(ProtocolFlags::SKIP)
+    }
+
+    /// Whether the MTA sends recipients it rejected too (`RCPT_REJ`).
+    pub fn rejected_recipients(&self) -> bool {
+        self.protocol.contains(ProtocolFlags::RCPT_REJ)
+    }
+
+    /// Whether `action` may be used.
+    pub fn allows(&self, action: Actions) -> bool {
+        self.actions.contains(action)
+    }
+
+    /// The `O` reply that tells the MTA what was agreed.
+    pub fn to_reply(&self) -> OptNegReply {
+        OptNegReply {
+            version: self.version,
+            actions: self.actions,
+            protocol: self.protocol,
+            macros: self.macros.clone(),
+        }
+    }
+}
+
+/// The `NR_*` flag that silences replies to `command_code`, if there is one.
+pub fn no_reply_flag(command_code: u8) -> Option<ProtocolFlags> {
+    Some(match command_code {
+        code::CONNECT => ProtocolFlags::NR_CONNECT,
+        code::HELO => ProtocolFlags::NR_HELO,
+        code::MAIL => ProtocolFlags::NR_MAIL,
+        code::RCPT => ProtocolFlags::NR_RCPT,
+        code::DATA => ProtocolFlags::NR_DATA,
+        code::HEADER => ProtocolFlags::NR_HEADER,
+        code::EOH => ProtocolFlags::NR_EOH,
+        code::BODY => ProtocolFlags::NR_BODY,
+        code::UNKNOWN => ProtocolFlags::NR_UNKNOWN,
+        _ => return None,
+    })
+}
+
+/// Settles `request` against `offer`.
+///
+/// The version is the lower of the offer's and 6; below 2 is refused. Needed actions and
+/// protocol bits must all be offered; optional protocol bits are kept where offered. Macro
+/// lists need `SET_MACROS` in the offer, which is then added to the answer.
+pub fn negotiate(offer: &Offer, request: &Request) -> Result<Negotiated, NegotiateError> {
+    if offer.version < MIN_VERSION {
+        return Err(NegotiateError::UnsupportedVersion(offer.version));
+    }
+    let version = offer.version.min(MAX_VERSION);
+
+    let mut actions = request.actions;
+    if !request.macros.is_empty() {
+        actions |= Actions::SET_MACROS;
+    }
+    let missing = actions.difference(offer.actions);
+    if !missing.is_empty() {
+        return Err(NegotiateError::ActionsNotOffered {
+            missing,
+            offered: offer.actions,
+        });
+    }
+
+    let missing = request.protocol.difference(offer.protocol);
+    if !missing.is_empty() {
+        return Err(NegotiateError::ProtocolNotOffered {
+            missing,
+            offered: offer.protocol,
+        });
+    }
+    let protocol = request.protocol | (request.optional_protocol & offer.protocol);
+
+    for m in &request.macros {
+        for name in &m.names {
+            if name.is_empty() || name.bytes().any(|b| b == 0 || b.is_ascii_whitespace()) {
+                return Err(NegotiateError::InvalidMacroRequest {
+                    stage: m.stage,
+                    reason: "macro names must be non-empty, without spaces or NUL bytes",
+                });
+            }
+        }
+    }
+
+    Ok(Negotiated {
+        version,
+        actions,
+        protocol,
+        macros: request.macros.clone(),
+    })
+}

@@ -1,0 +1,7 @@
+//! Sans-IO protocol sessions: the state machines that keep both sides of a milter
+//! connection in step. They own no sockets and no clocks; adapters feed them bytes and
+//! write out what they queue.
+
+pub mod milter;
+
+pub use milter::{Event, MilterSession, SessionConfig};
