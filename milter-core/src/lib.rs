@@ -8,10 +8,14 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod handler;
 pub mod negotiate;
 pub mod proto;
 pub mod session;
 pub mod wire;
+
+#[cfg(feature = "server")]
+pub mod server;
 
 pub use error::{Error, NegotiateError, Phase, ProtocolError, UsageError};
 pub use proto::{

@@ -1,0 +1,470 @@
+//! The [`Milter`] trait a milter author implements, the [`Context`] each callback sees, and
+//! the [`EomActions`] through which end of message modifies the mail.
+//!
+//! One handler instance serves one milter connection (one SMTP session of the MTA), so
+//! `&mut self` is per-connection state: no locking, and connection facts (the client, its
+//! HELO) stay put across the messages of that connection.
+//!
+//! Every callback has a default that continues, so a milter overrides only what it needs:
+//!
+//! ```
+//! use milter_core::handler::{Context, Milter};
+//! use milter_core::{Envelope, Verdict};
+//!
+//! struct NoSpammer;
+//!
+//! impl Milter for NoSpammer {
+//!     async fn mail(&mut self, _ctx: &Context<'_>, from: &Envelope) -> Verdict {
+//!         if from.address_str() == "spammer@example.net" {
+//!             Verdict::reply(550, "5.7.1", "sender refused")
+//!         } else {
+//!             Verdict::Continue
+//!         }
+//!     }
+//! }
+//! ```
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::error::UsageError;
+use crate::negotiate::{Negotiated, Offer, Request};
+use crate::proto::flags::Actions;
+use crate::proto::{ConnectInfo, Envelope, Macros, Modification, Verdict};
+
+/// A milter: async callbacks, one per MTA event, each answering with a [`Verdict`].
+///
+/// Callbacks are written as `async fn` in implementations; the futures must be `Send`
+/// because connections run on a multi-threaded runtime.
+///
+/// Verdicts the protocol does not allow at a stage (e.g. a reject at a stage negotiated as
+/// no-reply, or `Skip` outside the body) are a [`UsageError`]: the server logs it and
+/// answers `Tempfail` where an answer is due, so the MTA's stream never desynchronises.
+pub trait Milter: Send + 'static {
+    /// Chooses the actions, protocol steps and macros this milter needs, given the MTA's
+    /// offer. The default asks for nothing: every event, no modifications.
+    fn negotiate(&mut self, offer: &Offer) -> Request {
+        let _ = offer;
+        Request::default()
+    }
+
+    /// The SMTP client connected. `Accept`/`Reject` here end the milter's part of the
+    /// connection.
+    fn connect(
+        &mut self,
+        ctx: &Context<'_>,
+        info: &ConnectInfo,
+    ) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, info);
+        async { Verdict::Continue }
+    }
+
+    /// HELO or EHLO with its argument.
+    fn helo(&mut self, ctx: &Context<'_>, helo: &[u8]) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, helo);
+        async { Verdict::Continue }
+    }
+
+    /// MAIL FROM: a new message starts.
+    fn mail(&mut self, ctx: &Context<'_>, from: &Envelope) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, from);
+        async { Verdict::Continue }
+    }
+
+    /// RCPT TO. A reject here refuses only this recipient.
+    fn rcpt(&mut self, ctx: &Context<'_>, rcpt: &Envelope) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, rcpt);
+        async { Verdict::Continue }
+    }
+
+    /// DATA.
+    fn data(&mut self, ctx: &Context<'_>) -> impl Future<Output = Verdict> + Send {
+        let _ = ctx;
+        async { Verdict::Continue }
+    }
+
+    /// One header field; folded lines are separated by `\n`.
+    fn header(
+        &mut self,
+        ctx: &Context<'_>,
+        name: &[u8],
+        value: &[u8],
+    ) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, name, value);
+        async { Verdict::Continue }
+    }
+
+    /// End of headers.
+    fn eoh(&mut self, ctx: &Context<'_>) -> impl Future<Output = Verdict> + Send {
+        let _ = ctx;
+        async { Verdict::Continue }
+    }
+
+    /// A body chunk (CRLF line endings; a CRLF pair may be split between chunks).
+    fn body(&mut self, ctx: &Context<'_>, chunk: &[u8]) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, chunk);
+        async { Verdict::Continue }
+    }
+
+    /// End of message: the only place to modify the message, through `actions`.
+    ///
+    /// While this runs the server sends PROGRESS to the MTA at a fixed interval, so slow
+    /// work (signing, scanning) does not trip the MTA's timeout. `Continue` accepts.
+    fn eom(
+        &mut self,
+        ctx: &Context<'_>,
+        actions: &mut EomActions,
+    ) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, actions);
+        async { Verdict::Continue }
+    }
+
+    /// The current message was abandoned (client RSET, or a message ended early); the
+    /// connection goes on. Reset per-message state here.
+    fn abort(&mut self, ctx: &Context<'_>) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+
+    /// An SMTP command the MTA did not recognise.
+    fn unknown(&mut self, ctx: &Context<'_>, line: &[u8]) -> impl Future<Output = Verdict> + Send {
+        let _ = (ctx, line);
+        async { Verdict::Continue }
+    }
+
+    /// The connection ended (QUIT, EOF, error, timeout or shutdown). Called exactly once
+    /// per instance, unless a callback panicked.
+    fn close(&mut self, ctx: &Context<'_>) -> impl Future<Output = ()> + Send {
+        let _ = ctx;
+        async {}
+    }
+}
+
+/// What a callback knows about its connection and message.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub(crate) macros: &'a Macros,
+    pub(crate) negotiated: Option<&'a Negotiated>,
+    pub(crate) connect_info: Option<&'a ConnectInfo>,
+    pub(crate) helo: Option<&'a [u8]>,
+    pub(crate) connection_id: u64,
+    pub(crate) message: u64,
+    pub(crate) span: &'a tracing::Span,
+}
+
+impl<'a> Context<'a> {
+    /// A context from its parts, for driving a [`Milter`] outside the bundled server
+    /// (custom transports, unit tests of a handler).
+    pub fn new(
+        macros: &'a Macros,
+        negotiated: Option<&'a Negotiated>,
+        connect_info: Option<&'a ConnectInfo>,
+        helo: Option<&'a [u8]>,
+        connection_id: u64,
+        message: u64,
+        span: &'a tracing::Span,
+    ) -> Context<'a> {
+        Context {
+            macros,
+            negotiated,
+            connect_info,
+            helo,
+            connection_id,
+            message,
+            span,
+        }
+    }
+
+    /// The macros the MTA has sent so far (libmilter lookup rules: newest stage first).
+    pub fn macros(&self) -> &'a Macros {
+        self.macros
+    }
+
+    /// Shorthand for a macro's value, lossily decoded (`"i"` is the queue ID).
+    pub fn macro_str(&self, name: &str) -> Option<String> {
+        self.macros.get_str(name).map(|v| v.into_owned())
+    }
+
+    /// What negotiation settled; `None` only in `close` of a connection that never
+    /// negotiated.
+    pub fn negotiated(&self) -> Option<&'a Negotiated> {
+        self.negotiated
+    }
+
+    /// The CONNECT information, once it has arrived.
+    pub fn connect_info(&self) -> Option<&'a ConnectInfo> {
+        self.connect_info
+    }
+
+    /// The last HELO/EHLO argument of this connection.
+    pub fn helo(&self) -> Option<&'a [u8]> {
+        self.helo
+    }
+
+    /// This connection's number, unique within the server process (it is also in the logs).
+    pub fn connection_id(&self) -> u64 {
+        self.connection_id
+    }
+
+    /// The message's number within this connection, counting from 1; 0 before the first
+    /// message.
+    pub fn message_number(&self) -> u64 {
+        self.message
+    }
+
+    /// The connection's tracing span (fields `id` and `peer`), for the handler's own logs
+    /// and spawned work.
+    pub fn span(&self) -> &'a tracing::Span {
+        self.span
+    }
+}
+
+/// Modifications requested at end of message, checked as they are made.
+///
+/// Each method fails at once with a [`UsageError`] when its action was not negotiated or a
+/// field is invalid, so the handler learns of its mistake where it made it; nothing is
+/// recorded then. The server sends the recorded modifications, then the verdict, in one
+/// write after `eom` returns. A body replacement is sent after the other modifications as
+/// one contiguous run of chunks (Postfix refuses interleaving).
+#[derive(Debug, Clone)]
+pub struct EomActions {
+    actions: Actions,
+    modifications: Vec<Modification>,
+    body: Option<Vec<u8>>,
+}
+
+impl EomActions {
+    /// An empty set of modifications allowed by `actions` (the negotiated actions).
+    pub fn new(actions: Actions) -> EomActions {
+        EomActions {
+            actions,
+            modifications: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// The negotiated actions these modifications are checked against.
+    pub fn allowed(&self) -> Actions {
+        self.actions
+    }
+
+    fn push(&mut self, m: Modification) -> Result<(), UsageError> {
+        let needed = m.required_action();
+        if !self.actions.contains(needed) {
+            return Err(UsageError::ActionNotNegotiated {
+                modification: m.name(),
+                needed,
+            });
+        }
+        m.validate()?;
+        self.modifications.push(m);
+        Ok(())
+    }
+
+    /// Appends a header at the end of the header block (`ADD_HEADERS`). Fold long values
+    /// with `\n` plus whitespace, not CRLF. With `HEADER_LEADING_SPACE` negotiated, supply
+    /// the leading space yourself.
+    pub fn add_header(
+        &mut self,
+        name: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), UsageError> {
+        self.push(Modification::AddHeader {
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+
+    /// Inserts a header at 0-based `index` over all headers, counting the MTA's own
+    /// `Received:` (`ADD_HEADERS`); 0 is the very top.
+    pub fn insert_header(
+        &mut self,
+        index: u32,
+        name: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<(), UsageError> {
+        self.push(Modification::InsertHeader {
+            index,
+            name: name.into(),
+            value: value.into(),
+        })
+    }
+
+    /// Replaces the `occurrence`-th (1-based, per name, case-insensitive) header called
+    /// `name` (`CHANGE_HEADERS`). An occurrence past the last one appends a header.
+    pub fn change_header(
+        &mut self,
+        name: impl Into<Bytes>,
+        occurrence: u32,
+        value: impl Into<Bytes>,
+    ) -> Result<(), UsageError> {
+        let value = value.into();
+        if value.is_empty() {
+            return Err(UsageError::InvalidField {
+                field: "header value",
+                reason: "empty; use delete_header to delete",
+            });
+        }
+        self.push(Modification::ChangeHeader {
+            index: occurrence,
+            name: name.into(),
+            value,
+        })
+    }
+
+    /// Deletes the `occurrence`-th (1-based) header called `name` (`CHANGE_HEADERS`).
+    pub fn delete_header(
+        &mut self,
+        name: impl Into<Bytes>,
+        occurrence: u32,
+    ) -> Result<(), UsageError> {
+        self.push(Modification::delete_header(name, occurrence))
+    }
+
+    /// Replaces the envelope sender, optionally with ESMTP arguments as one
+    /// space-separated string (`CHANGE_FROM`).
+    pub fn change_from(
+        &mut self,
+        address: impl Into<Bytes>,
+        args: Option<Bytes>,
+    ) -> Result<(), UsageError> {
+        self.push(Modification::ChangeFrom {
+            address: address.into(),
+            args,
+        })
+    }
+
+    /// Adds a recipient (`ADD_RCPT`).
+    pub fn add_rcpt(&mut self, address: impl Into<Bytes>) -> Result<(), UsageError> {
+        self.push(Modification::AddRcpt {
+            address: address.into(),
+        })
+    }
+
+    /// Adds a recipient with ESMTP arguments (`ADD_RCPT_WITH_ARGS`; Postfix keeps NOTIFY and
+    /// ORCPT).
+    pub fn add_rcpt_with_args(
+        &mut self,
+        address: impl Into<Bytes>,
+        args: Option<Bytes>,
+    ) -> Result<(), UsageError> {
+        self.push(Modification::AddRcptWithArgs {
+            address: address.into(),
+            args,
+        })
+    }
+
+    /// Removes a recipient, spelled as RCPT carried it (`DELETE_RCPT`).
+    pub fn delete_rcpt(&mut self, address: impl Into<Bytes>) -> Result<(), UsageError> {
+        self.push(Modification::DeleteRcpt {
+            address: address.into(),
+        })
+    }
+
+    /// Replaces the whole body (`CHANGE_BODY`). Repeated calls append: the new body is the
+    /// concatenation. Use CRLF line endings.
+    pub fn replace_body(&mut self, chunk: &[u8]) -> Result<(), UsageError> {
+        if !self.actions.contains(Actions::CHANGE_BODY) {
+            return Err(UsageError::ActionNotNegotiated {
+                modification: "replace body",
+                needed: Actions::CHANGE_BODY,
+            });
+        }
+        self.body
+            .get_or_insert_with(Vec::new)
+            .extend_from_slice(chunk);
+        Ok(())
+    }
+
+    /// Holds the message in the MTA's quarantine (Postfix: the hold queue) with a reason
+    /// (`QUARANTINE`).
+    pub fn quarantine(&mut self, reason: impl Into<Bytes>) -> Result<(), UsageError> {
+        self.push(Modification::Quarantine {
+            reason: reason.into(),
+        })
+    }
+
+    /// The recorded modifications, in the order they are sent.
+    pub fn modifications(&self) -> impl Iterator<Item = Modification> + '_ {
+        self.modifications.iter().cloned().chain(
+            self.body
+                .iter()
+                .map(|b| Modification::ReplaceBody(Bytes::copy_from_slice(b))),
+        )
+    }
+
+    /// Takes the recorded modifications, in the order they are sent.
+    pub fn into_modifications(self) -> Vec<Modification> {
+        let mut v = self.modifications;
+        if let Some(b) = self.body {
+            v.push(Modification::ReplaceBody(Bytes::from(b)));
+        }
+        v
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.modifications.is_empty() && self.body.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_actions_not_negotiated() {
+        let mut a = EomActions::new(Actions::ADD_HEADERS);
+        assert!(a.add_header("X-Test", "yes").is_ok());
+        assert_eq!(
+            a.delete_header("Subject", 1),
+            Err(UsageError::ActionNotNegotiated {
+                modification: "delete header",
+                needed: Actions::CHANGE_HEADERS
+            })
+        );
+        assert!(matches!(
+            a.replace_body(b"x"),
+            Err(UsageError::ActionNotNegotiated { .. })
+        ));
+        assert!(matches!(
+            a.quarantine("why"),
+            Err(UsageError::ActionNotNegotiated { .. })
+        ));
+        assert_eq!(a.into_modifications().len(), 1);
+    }
+
+    #[test]
+    fn validates_fields() {
+        let mut a = EomActions::new(Actions::all());
+        assert!(matches!(
+            a.add_header("Bad Name", "v"),
+            Err(UsageError::InvalidField { .. })
+        ));
+        assert!(matches!(
+            a.quarantine(""),
+            Err(UsageError::InvalidField { .. })
+        ));
+        assert!(matches!(
+            a.change_header("Subject", 1, ""),
+            Err(UsageError::InvalidField { .. })
+        ));
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn body_goes_last_and_contiguous() {
+        let mut a = EomActions::new(Actions::all());
+        a.replace_body(b"one\r\n").unwrap();
+        a.add_header("X-A", "1").unwrap();
+        a.replace_body(b"two\r\n").unwrap();
+        let m = a.into_modifications();
+        assert_eq!(m.len(), 2);
+        assert!(matches!(m[0], Modification::AddHeader { .. }));
+        assert_eq!(
+            m[1],
+            Modification::ReplaceBody(Bytes::from_static(b"one\r\ntwo\r\n"))
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! Listen addresses in the forms MTAs and milters write them, and binding them.
+//!
+//! Accepted forms: `inet:HOST:PORT`, `inet:PORT@HOST` (OpenDKIM, libmilter),
+//! `inet6:PORT@HOST`, `inet6:[ADDR]:PORT`, `inet:PORT` (all interfaces), `[::1]:PORT`,
+//! `HOST:PORT`, `unix:/path`, `local:/path` and a bare `/path`.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::error::Error;
+
+/// Where the server listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP socket; `host` is an address or a name resolved at bind time.
+    Tcp {
+        /// Host name or address, without brackets.
+        host: String,
+        /// Port (0 picks a free one; see [`Server::local_addrs`](super::Server::local_addrs)).
+        port: u16,
+        /// `inet6:` was given: bind an IPv6 address only.
+        ipv6: bool,
+    },
+    /// A unix-domain socket at this path.
+    Unix(PathBuf),
+}
+
+fn bad(spec: &str, reason: impl Into<String>) -> Error {
+    Error::Address {
+        spec: spec.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+impl Endpoint {
+    /// Parses a listen address (see the module docs for the forms).
+    pub fn parse(spec: &str) -> Result<Endpoint, Error> {
+        let s = spec.trim();
+        if let Some(path) = s.strip_prefix("unix:").or_else(|| s.strip_prefix("local:")) {
+            if path.is_empty() {
+                return Err(bad(spec, "empty socket path"));
+            }
+            return Ok(Endpoint::Unix(PathBuf::from(path)));
+        }
+        if s.starts_with('/') {
+            return Ok(Endpoint::Unix(PathBuf::from(s)));
+        }
+        let (rest, ipv6) = if let Some(r) = s.strip_prefix("inet6:") {
+            (r, true)
+        } else if let Some(r) = s.strip_prefix("inet:") {
+            (r, false)
+        } else if s.contains(':') {
+            (s, false)
+        } else {
+            return Err(bad(
+                spec,
+                "expected inet:HOST:PORT, inet:PORT@HOST, inet6:PORT@HOST, [ADDR]:PORT, HOST:PORT, unix:/path or local:/path",
+            ));
+        };
+        let (host, port) = if let Some((port, host)) = rest.split_once('@') {
+            (host, port)
+        } else if let Some(inner) = rest.strip_prefix('[') {
+            let (addr, port) = inner
+                .split_once("]:")
+                .ok_or_else(|| bad(spec, "expected [ADDR]:PORT"))?;
+            (addr, port)
+        } else if rest.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() {
+            (if ipv6 { "::" } else { "0.0.0.0" }, rest)
+        } else {
+            rest.rsplit_once(':')
+                .ok_or_else(|| bad(spec, "missing :PORT"))?
+        };
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(bad(spec, "empty host"));
+        }
+        if host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+            return Err(bad(spec, "host contains a space, '/' or '@'"));
+        }
+        let port: u16 = port.parse().map_err(|_| {
+            bad(
+                spec,
+                format!("port {port:?} is not a number from 0 to 65535"),
+            )
+        })?;
+        Ok(Endpoint::Tcp {
+            host: host.to_owned(),
+            port,
+            ipv6,
+        })
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Endpoint, Error> {
+        Endpoint::parse(s)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port, ipv6 } => {
+                let scheme = if *ipv6 { "inet6" } else { "inet" };
+                if host.contains(':') {
+                    write!(f, "{scheme}:[{host}]:{port}")
+                } else {
+                    write!(f, "{scheme}:{host}:{port}")
+                }
+            }
+            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// How unix-domain sockets are created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixSocketOptions {
+    /// Permission bits set after binding (e.g. `0o660` so the MTA's group can connect).
+    pub mode: Option<u32>,
+    /// Owner, by user name or numeric id.
+    pub owner: Option<String>,
+    /// Group, by group name or numeric id.
+    pub group: Option<String>,
+    /// Remove a leftover socket file when nothing answers on it (a crashed predecessor).
+    /// A socket someone still listens on is never removed.
+    pub remove_stale: bool,
+}
+
+impl Default for UnixSocketOptions {
+    fn default() -> Self {
+        UnixSocketOptions {
+            mode: None,
+            owner: None,
+            group: None,
+            remove_stale: true,
+        }
+    }
+}
+
+/// An address the server is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundAddr {
+    /// A TCP address (with the real port when 0 was asked for).
+    Tcp(SocketAddr),
+    /// A unix socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for BoundAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BoundAddr::Tcp(a) => write!(f, "inet:{a}"),
+            BoundAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// A bound listener; a unix socket file is removed when this is dropped (if it is still
+/// the file we created).
+#[derive(Debug)]
+pub(crate) enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+impl Listener {
+    pub(crate) fn local_addr(&self) -> BoundAddr {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(a) => BoundAddr::Tcp(a),
+                Err(_) => BoundAddr::Tcp(SocketAddr::from(([0, 0, 0, 0], 0))),
+            },
+            Listener::Unix(_, f) => BoundAddr::Unix(f.path.clone()),
+        }
+    }
+}
+
+/// Our socket file: removed on drop if it is still the inode we bound.
+#[derive(Debug)]
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    id: Option<(u64, u64)>,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Ok(m) = std::fs::symlink_metadata(&self.path)
+            && Some((m.dev(), m.ino())) == self.id
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn io_err(spec: &Endpoint, what: &str, e: io::Error) -> Error {
+    Error::Address {
+        spec: spec.to_string(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+pub(crate) async fn bind(ep: &Endpoint, opts: &UnixSocketOptions) -> Result<Listener, Error> {
+    match ep {
+        Endpoint::Tcp { host, port, ipv6 } => {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), *port))
+                .await
+                .map_err(|e| io_err(ep, "cannot resolve host", e))?
+                .filter(|a| !*ipv6 || a.is_ipv6())
+                .collect();
+            let mut last = None;
+            for a in addrs {
+                match TcpListener::bind(a).await {
+                    Ok(l) => return Ok(Listener::Tcp(l)),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(match last {
+                Some(e) => io_err(ep, "cannot bind", e),
+                None => bad(&ep.to_string(), "host has no usable address"),
+            })
+        }
+        Endpoint::Unix(path) => bind_unix(ep, path, opts),
+    }
+}
+
+fn bind_unix(ep: &Endpoint, path: &Path, opts: &UnixSocketOptions) -> Result<Listener, Error> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(bad(
+                &ep.to_string(),
+                "path exists and is not a socket; not removing it",
+            ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(bad(
+                    &ep.to_string(),
+                    "socket is already in use by another process",
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                if !opts.remove_stale {
+                    return Err(bad(
+                        &ep.to_string(),
+                        "a stale socket file exists (nothing listens on it) and remove_stale is off",
+                    ));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| io_err(ep, "cannot remove stale socket", e))?;
+                tracing::info!(path = %path.display(), "removed stale socket file");
+            }
+            Err(e) => return Err(io_err(ep, "cannot probe existing socket", e)),
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io_err(ep, "cannot bind", e))?;
+    let meta = std::fs::symlink_metadata(path).ok();
+    let file = SocketFile {
+        path: path.to_owned(),
+        id: meta.map(|m| (m.dev(), m.ino())),
+    };
+    if let Some(mode) = opts.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_err(ep, "cannot set socket mode", e))?;
+    }
+    if opts.owner.is_some() || opts.group.is_some() {
+        let uid = match &opts.owner {
+            Some(o) => Some(
+                resolve_id(o, "/etc/passwd")
+                    .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket owner {o:?}")))?,
+            ),
+            None => None,
+        };
+        let gid = match &opts.group {
+            Some(g) => Some(
+                resolve_id(g, "/etc/group")
+                    .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket group {g:?}")))?,
+            ),
+            None => None,
+        };
+        std::os::unix::fs::chown(path, uid, gid)
+            .map_err(|e| io_err(ep, "cannot change socket owner/group", e))?;
+    }
+    Ok(Listener::Unix(listener, file))
+}
+
+/// A numeric id, or a name looked up in `/etc/passwd` / `/etc/group` (third field).
+fn resolve_id(name: &str, db: &str) -> Option<u32> {
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let text = std::fs::read_to_string(db).ok()?;
+    text.lines().find_map(|line| {
+        let mut f = line.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16, ipv6: bool) -> Endpoint {
+        Endpoint::Tcp {
+            host: host.into(),
+            port,
+            ipv6,
+        }
+    }
+
+    #[test]
+    fn parses_every_form() {
+        let cases = [
+            ("inet:127.0.0.1:8891", tcp("127.0.0.1", 8891, false)),
+            ("inet:8891@127.0.0.1", tcp("127.0.0.1", 8891, false)),
+            ("inet:8891@localhost", tcp("localhost", 8891, false)),
+            ("inet6:8891@::1", tcp("::1", 8891, true)),
+            ("inet6:8891@[::1]", tcp("::1", 8891, true)),
+            ("inet6:[::1]:8891", tcp("::1", 8891, true)),
+            ("[::1]:8891", tcp("::1", 8891, false)),
+            ("127.0.0.1:8891", tcp("127.0.0.1", 8891, false)),
+            ("localhost:0", tcp("localhost", 0, false)),
+            ("inet:8891", tcp("0.0.0.0", 8891, false)),
+            ("unix:/run/m.sock", Endpoint::Unix("/run/m.sock".into())),
+            ("local:/run/m.sock", Endpoint::Unix("/run/m.sock".into())),
+            ("/run/m.sock", Endpoint::Unix("/run/m.sock".into())),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(Endpoint::parse(spec).unwrap(), want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn refuses_nonsense() {
+        for spec in [
+            "",
+            "inet:",
+            "inet:host",
+            "inet:127.0.0.1:99999",
+            "inet:127.0.0.1:port",
+            "unix:",
+            "inet::8891",
+            "[::1]8891",
+            "something",
+            "inet:8891@",
+        ] {
+            let e = Endpoint::parse(spec).unwrap_err();
+            assert!(matches!(e, Error::Address { .. }), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for spec in ["inet:127.0.0.1:25", "inet6:[::1]:25", "unix:/tmp/x"] {
+            let ep = Endpoint::parse(spec).unwrap();
+            assert_eq!(ep.to_string(), spec);
+            assert_eq!(Endpoint::parse(&ep.to_string()).unwrap(), ep);
+        }
+    }
+
+    #[test]
+    fn ids_by_number_and_name() {
+        assert_eq!(resolve_id("0", "/etc/passwd"), Some(0));
+        assert_eq!(resolve_id("root", "/etc/passwd"), Some(0));
+        assert_eq!(resolve_id("root", "/etc/group"), Some(0));
+        assert_eq!(resolve_id("no-such-user-xyz", "/etc/passwd"), None);
+    }
+}

@@ -1,0 +1,416 @@
+//! The tokio server: listens, runs one [`Milter`] per connection, and shuts down gracefully.
+//!
+//! ```no_run
+//! # use milter_core::handler::Milter;
+//! # struct Noop; impl Milter for Noop {}
+//! # async fn run() -> Result<(), milter_core::Error> {
+//! use milter_core::server::{Server, Timeouts};
+//! use std::time::Duration;
+//!
+//! Server::builder()
+//!     .listen("inet:127.0.0.1:8891")?
+//!     .max_connections(100)
+//!     .timeouts(Timeouts::postfix())
+//!     .shutdown_deadline(Duration::from_secs(30))
+//!     .serve(|| Noop)
+//!     .await
+//! # }
+//! ```
+//!
+//! Behaviour worth knowing:
+//! - When `max_connections` are busy the server stops accepting; further MTA connects wait
+//!   in the kernel's backlog rather than being accepted and dropped.
+//! - A peer's malformed frame, out-of-order command, timeout or I/O error closes that
+//!   connection only, with one log line giving the reason. A panicking handler closes its
+//!   connection only, logged.
+//! - On SIGTERM/SIGINT (or [`ShutdownHandle::shutdown`]) the server stops accepting,
+//!   closes idle connections, lets messages in flight finish until the deadline, then
+//!   closes the rest. Unix socket files it created are removed.
+
+mod conn;
+mod endpoint;
+mod limits;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+pub use conn::{ConnectionConfig, serve_connection};
+pub use endpoint::{BoundAddr, Endpoint, UnixSocketOptions};
+pub use limits::{Limits, Timeouts};
+
+use crate::error::Error;
+use crate::handler::Milter;
+use endpoint::Listener;
+
+/// Asks a server to shut down gracefully; clones share the request.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownHandle {
+    token: CancellationToken,
+}
+
+impl ShutdownHandle {
+    /// A handle not yet triggered.
+    pub fn new() -> ShutdownHandle {
+        ShutdownHandle::default()
+    }
+
+    /// Stops accepting and lets messages in flight finish (up to the server's deadline).
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Whether shutdown was requested.
+    pub fn is_shutting_down(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves once shutdown is requested.
+    pub async fn wait(&self) {
+        self.token.cancelled().await
+    }
+}
+
+/// Configures and binds a [`Server`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    endpoints: Vec<Endpoint>,
+    unix: UnixSocketOptions,
+    limits: Limits,
+    timeouts: Timeouts,
+    shutdown_deadline: Duration,
+    handle_signals: bool,
+    shutdown: ShutdownHandle,
+}
+
+impl Builder {
+    /// Adds a listen address (`inet:HOST:PORT`, `inet:PORT@HOST`, `unix:/path`, ...; see
+    /// [`Endpoint`]). Refused here, at start, if it does not parse.
+    pub fn listen(mut self, spec: &str) -> Result<Builder, Error> {
+        self.endpoints.push(Endpoint::parse(spec)?);
+        Ok(self)
+    }
+
+    /// Adds a parsed listen address.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Builder {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Mode, owner, group and stale-file handling of unix sockets.
+    pub fn unix_socket(mut self, options: UnixSocketOptions) -> Builder {
+        self.unix = options;
+        self
+    }
+
+    /// Connections served at once (default 256); at least 1.
+    pub fn max_connections(mut self, n: usize) -> Builder {
+        self.limits.max_connections = n.max(1);
+        self
+    }
+
+    /// All limits at once.
+    pub fn limits(mut self, limits: Limits) -> Builder {
+        self.limits = limits;
+        self.limits.max_connections = self.limits.max_connections.max(1);
+        self
+    }
+
+    /// Per-phase timeouts (default [`Timeouts::postfix`]).
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Builder {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// How long a shutdown waits for messages in flight (default 30 s).
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Builder {
+        self.shutdown_deadline = deadline;
+        self
+    }
+
+    /// Whether SIGTERM and SIGINT trigger a graceful shutdown (default true).
+    pub fn handle_signals(mut self, on: bool) -> Builder {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Uses `handle` to request shutdown (e.g. shared with the rest of a daemon).
+    pub fn shutdown_handle(mut self, handle: ShutdownHandle) -> Builder {
+        self.shutdown = handle;
+        self
+    }
+
+    /// Binds every address. Errors name the address and the reason (in use, permission,
+    /// not a socket, ...).
+    pub async fn bind(self) -> Result<Server, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::Address {
+                spec: String::new(),
+                reason: "no listen address given".into(),
+            });
+        }
+        let mut listeners = Vec::with_capacity(self.endpoints.len());
+        for ep in &self.endpoints {
+            let l = endpoint::bind(ep, &self.unix).await?;
+            tracing::info!(address = %l.local_addr(), "listening");
+            listeners.push(l);
+        }
+        Ok(Server {
+            listeners,
+            limits: self.limits,
+            timeouts: self.timeouts,
+            shutdown_deadline: self.shutdown_deadline,
+            handle_signals: self.handle_signals,
+            shutdown: self.shutdown,
+        })
+    }
+
+    /// Binds, then serves until shutdown; `factory` makes one handler per connection.
+    pub async fn serve<F, M>(self, factory: F) -> Result<(), Error>
+    where
+        F: Fn() -> M + Send + Sync + 'static,
+        M: Milter,
+    {
+        self.bind().await?.serve(factory).await
+    }
+}
+
+/// A bound milter server.
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<Listener>,
+    limits: Limits,
+    timeouts: Timeouts,
+    shutdown_deadline: Duration,
+    handle_signals: bool,
+    shutdown: ShutdownHandle,
+}
+
+impl Server {
+    /// A builder with the defaults: Postfix-like timeouts, [`Limits::standard`], a 30 s
+    /// shutdown deadline, signals handled.
+    pub fn builder() -> Builder {
+        Builder {
+            endpoints: Vec::new(),
+            unix: UnixSocketOptions::default(),
+            limits: Limits::standard(),
+            timeouts: Timeouts::postfix(),
+            shutdown_deadline: Duration::from_secs(30),
+            handle_signals: true,
+            shutdown: ShutdownHandle::new(),
+        }
+    }
+
+    /// The addresses bound (with real ports when port 0 was asked for).
+    pub fn local_addrs(&self) -> Vec<BoundAddr> {
+        self.listeners.iter().map(Listener::local_addr).collect()
+    }
+
+    /// A handle that shuts this server down gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves until shutdown is requested, then drains: returns once every connection has
+    /// closed (or was closed at the deadline).
+    pub async fn serve<F, M>(self, factory: F) -> Result<(), Error>
+    where
+        F: Fn() -> M + Send + Sync + 'static,
+        M: Milter,
+    {
+        let shutdown = self.shutdown.clone();
+        if self.handle_signals {
+            spawn_signal_watch(shutdown.clone())?;
+        }
+        let shared = Arc::new(Shared {
+            factory,
+            permits: Arc::new(Semaphore::new(self.limits.max_connections)),
+            tracker: TaskTracker::new(),
+            hard_stop: CancellationToken::new(),
+            next_id: AtomicU64::new(1),
+            config: ConnectionConfig {
+                timeouts: self.timeouts,
+                limits: self.limits,
+                connection_id: 0,
+                shutdown: shutdown.clone(),
+            },
+        });
+        let mut accepts = tokio::task::JoinSet::new();
+        for l in self.listeners {
+            accepts.spawn(accept_loop(l, shared.clone()));
+        }
+        tokio::select! {
+            _ = shutdown.wait() => {}
+            Some(r) = accepts.join_next() => {
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "accept loop ended unexpectedly; shutting down");
+                }
+            }
+        }
+        shutdown.shutdown();
+        // Stop accepting: the loops end and drop their listeners (removing socket files).
+        accepts.abort_all();
+        while accepts.join_next().await.is_some() {}
+        shared.tracker.close();
+        let open = shared.tracker.len();
+        tracing::info!(
+            open_connections = open,
+            deadline = ?self.shutdown_deadline,
+            "shutting down: no longer accepting; draining messages in flight"
+        );
+        if tokio::time::timeout(self.shutdown_deadline, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open_connections = shared.tracker.len(),
+                "shutdown deadline passed; closing the remaining connections"
+            );
+            shared.hard_stop.cancel();
+            shared.tracker.wait().await;
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+struct Shared<F> {
+    factory: F,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    hard_stop: CancellationToken,
+    next_id: AtomicU64,
+    config: ConnectionConfig,
+}
+
+fn spawn_signal_watch(shutdown: ShutdownHandle) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = shutdown.wait() => return,
+        };
+        tracing::info!(signal = name, "shutdown requested by signal");
+        shutdown.shutdown();
+    });
+    Ok(())
+}
+
+async fn accept_loop<F, M>(listener: Listener, shared: Arc<Shared<F>>)
+where
+    F: Fn() -> M + Send + Sync + 'static,
+    M: Milter,
+{
+    let shutdown = shared.config.shutdown.clone();
+    loop {
+        // Backpressure: take a slot before accepting, so a full server leaves new
+        // connections in the backlog instead of accepting and dropping them.
+        let permit = tokio::select! {
+            p = shared.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait() => return,
+        };
+        let accepted = tokio::select! {
+            r = accept(&listener) => r,
+            _ = shutdown.wait() => return,
+        };
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+                }
+                spawn_connection(stream, peer.to_string(), permit, &shared);
+            }
+            Ok(Accepted::Unix(stream)) => {
+                let peer = match &listener {
+                    Listener::Unix(..) => listener.local_addr().to_string(),
+                    Listener::Tcp(_) => String::new(),
+                };
+                spawn_connection(stream, peer, permit, &shared);
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                drop(permit);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a)),
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+fn spawn_connection<S, F, M>(
+    stream: S,
+    peer: String,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    shared: &Arc<Shared<F>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    F: Fn() -> M + Send + Sync + 'static,
+    M: Milter,
+{
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("milter_conn", id, peer = %peer);
+    span.in_scope(|| tracing::debug!("connection accepted"));
+    let inner_shared = shared.clone();
+    let inner = tokio::spawn(
+        async move {
+            let mut config = inner_shared.config.clone();
+            config.connection_id = id;
+            serve_connection(stream, &inner_shared.factory, &config).await
+        }
+        .instrument(span.clone()),
+    );
+    let hard_stop = shared.hard_stop.clone();
+    shared.tracker.spawn(async move {
+        let _permit = permit;
+        let abort = inner.abort_handle();
+        tokio::select! {
+            r = inner => match r {
+                Ok(_) => {}
+                Err(e) if e.is_panic() => {
+                    let msg = panic_message(e.into_panic());
+                    span.in_scope(|| {
+                        tracing::error!(panic = %msg, "connection closed: handler panicked: {msg}")
+                    });
+                }
+                Err(_) => {}
+            },
+            _ = hard_stop.cancelled() => {
+                abort.abort();
+                span.in_scope(|| tracing::warn!("connection closed: shutdown deadline passed with a message in flight"));
+            }
+        }
+    });
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}

@@ -1,0 +1,123 @@
+//! A hostile or broken MTA on one connection: the server closes that connection, logs
+//! why, allocates nothing large, and keeps serving others.
+
+mod server_support;
+
+use bytes::Bytes;
+use milter_core::server::Server;
+use milter_core::{Command, Envelope, Reply, Verdict};
+use server_support::{Raw, Tagger, assert_served, memory_peaks_kib, start, wait_for_log};
+
+/// Sends `bytes` (after the handshake if `handshake`), expects the server to close the
+/// connection, a log line naming this peer and `reason`, and a good client to be served.
+async fn hostile(handshake: bool, bytes: &[u8], half_close: bool, reason: &str) {
+    let (addr, shutdown, task) = start(Server::builder(), || Tagger).await;
+    let mut c = Raw::connect(addr).await;
+    let peer = c.local();
+    if handshake {
+        c.handshake().await;
+    }
+    c.send_raw(bytes).await;
+    if half_close {
+        c.stream.shutdown().await.expect("half close");
+    }
+    let rest = c.expect_eof().await;
+    assert!(rest.is_empty(), "no reply to a broken stream, got {rest:?}");
+    let line = wait_for_log(&[&format!("peer={peer}"), "connection closed", reason]).await;
+    assert!(line.contains("WARN"), "logged as a warning: {line}");
+    assert_served(addr).await;
+    shutdown.shutdown();
+    task.await.expect("server task");
+}
+
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_length_frame() {
+    hostile(false, &[0, 0, 0, 0], false, "frame with length 0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_length_is_refused_before_allocation() {
+    let (hwm_before, peak_before) = memory_peaks_kib();
+    hostile(
+        false,
+        &[0xff, 0xff, 0xff, 0xff, b'O', 0, 0, 0],
+        false,
+        "frame of 4294967295 bytes exceeds the limit of 1048576 bytes",
+    )
+    .await;
+    let (hwm_after, peak_after) = memory_peaks_kib();
+    // A 4 GiB buffer would show in the peak virtual size even if never touched.
+    assert!(
+        peak_after.saturating_sub(peak_before) < 512 * 1024,
+        "virtual peak grew from {peak_before} to {peak_after} KiB"
+    );
+    assert!(
+        hwm_after.saturating_sub(hwm_before) < 64 * 1024,
+        "resident peak grew from {hwm_before} to {hwm_after} KiB"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_frame_then_close() {
+    // Announces 16 bytes, sends 3, then closes its write side.
+    hostile(
+        false,
+        &[0, 0, 0, 16, b'O', 0, 0],
+        true,
+        "connection closed inside a frame",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_command_code() {
+    hostile(true, &[0, 0, 0, 1, b'Z'], false, "unknown command 'Z'").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_out_of_order() {
+    // RCPT right after CONNECT, with no MAIL.
+    let mut rcpt = bytes::BytesMut::new();
+    Command::Rcpt(Envelope {
+        address: Bytes::from_static(b"<x@example.org>"),
+        args: vec![],
+    })
+    .encode(&mut rcpt);
+    hostile(true, &rcpt, false, "command 'R' not allowed before MAIL").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_worthy_command_before_negotiation() {
+    let mut helo = bytes::BytesMut::new();
+    Command::Helo(Bytes::from_static(b"mx.example")).encode(&mut helo);
+    hostile(
+        false,
+        &helo,
+        false,
+        "command 'H' not allowed before negotiation",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_a_good_message_still_closes_only_that_connection() {
+    let (addr, shutdown, task) = start(Server::builder(), || Tagger).await;
+    let mut bad = Raw::connect(addr).await;
+    let peer = bad.local();
+    bad.handshake().await;
+    let (_, v) = bad.message("a@example.org").await;
+    assert_eq!(v, Verdict::Continue);
+    // A second, concurrent good connection is unaffected by what follows on the first.
+    let mut good = Raw::connect(addr).await;
+    good.handshake().await;
+    bad.send_raw(&[0, 0, 0, 2, b'M', 0xff]).await;
+    bad.expect_eof().await;
+    wait_for_log(&[&format!("peer={peer}"), "malformed 'M' frame"]).await;
+    let (mods, v) = good.message("b@example.org").await;
+    assert_eq!(v, Verdict::Continue);
+    assert!(matches!(mods.as_slice(), [Reply::Modification(_)]));
+    shutdown.shutdown();
+    task.await.expect("server task");
+}
