@@ -190,7 +190,7 @@ fn common_checks(name: &str) -> Vec<Seen> {
     seen
 }
 
-fn find<'a>(seen: &'a [Seen], code: u8, nth: usize) -> &'a Seen {
+fn find(seen: &[Seen], code: u8, nth: usize) -> &Seen {
     seen.iter()
         .filter(|s| s.event.code() == code)
         .nth(nth)
