@@ -189,6 +189,17 @@ pub enum UsageError {
     /// The session has ended.
     #[error("the session is closed")]
     Closed,
+    /// The previous command still awaits the peer's reply (MTA side).
+    #[error("the previous command still awaits its reply")]
+    ReplyPending,
+    /// The command is not allowed in the session's current state (MTA side).
+    #[error("{command} is not allowed {state}")]
+    OutOfOrder {
+        /// The command's name.
+        command: &'static str,
+        /// Where the session is, as a phrase.
+        state: &'static str,
+    },
 }
 
 /// Phases that have their own timeout, modelled on Postfix's milter timeouts.

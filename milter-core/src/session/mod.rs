@@ -3,5 +3,6 @@
 //! write out what they queue.
 
 pub mod milter;
+pub mod mta;
 
 pub use milter::{Event, MilterSession, SessionConfig};

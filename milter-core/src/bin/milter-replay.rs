@@ -1,0 +1,275 @@
+//! `milter-replay`: sends stored messages through a milter as Postfix would, prints each
+//! verdict and modification, writes the modified messages, or generates load.
+//!
+//! ```text
+//! milter-replay --milter inet:127.0.0.1:8891 [--envelope-dir DIR] [--out DIR]
+//!               [--concurrency N --count M] [--hidden-received TEXT] FILE_OR_DIR...
+//! ```
+//!
+//! Exit status: 0 when every message got an answer, 1 on protocol, I/O or timeout errors,
+//! 2 on bad arguments.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use milter_core::Modification;
+use milter_core::client::replay::{collect_inputs, load_transaction, run_load};
+use milter_core::client::{ClientConfig, MilterClient, Outcome, Transaction};
+
+const USAGE: &str = "usage: milter-replay --milter SPEC [--envelope-dir DIR] [--out DIR] \
+[--concurrency N --count M] [--hidden-received 'Received: ...'] FILE_OR_DIR...
+  SPEC: inet:HOST:PORT, inet:PORT@HOST, unix:/path
+  envelope sidecar: msg.eml.json or msg.json (client_addr, client_port, client_name, helo,
+  sender, sender_args, recipients, auth_user, auth_type, macros, daemon_name)";
+
+struct Args {
+    milter: String,
+    envelope_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    concurrency: Option<usize>,
+    count: Option<usize>,
+    hidden_received: Option<String>,
+    inputs: Vec<PathBuf>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        milter: String::new(),
+        envelope_dir: None,
+        out: None,
+        concurrency: None,
+        count: None,
+        hidden_received: None,
+        inputs: Vec::new(),
+    };
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "-h" | "--help" => return Err(String::new()),
+            "--milter" => a.milter = value("--milter")?,
+            "--envelope-dir" => a.envelope_dir = Some(value("--envelope-dir")?.into()),
+            "--out" => a.out = Some(value("--out")?.into()),
+            "--concurrency" => {
+                a.concurrency = Some(
+                    value("--concurrency")?
+                        .parse()
+                        .map_err(|_| "--concurrency needs a number")?,
+                )
+            }
+            "--count" => {
+                a.count = Some(
+                    value("--count")?
+                        .parse()
+                        .map_err(|_| "--count needs a number")?,
+                )
+            }
+            "--hidden-received" => a.hidden_received = Some(value("--hidden-received")?),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
+            _ => a.inputs.push(arg.into()),
+        }
+    }
+    if a.milter.is_empty() {
+        return Err("--milter is required".into());
+    }
+    if a.inputs.is_empty() {
+        return Err("no input files".into());
+    }
+    Ok(a)
+}
+
+fn show(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).escape_debug().to_string()
+}
+
+fn describe(m: &Modification) -> String {
+    match m {
+        Modification::AddHeader { name, value } => {
+            format!("add header {}: {}", show(name), show(value))
+        }
+        Modification::InsertHeader { index, name, value } => {
+            format!("insert header at {index} {}: {}", show(name), show(value))
+        }
+        Modification::ChangeHeader { index, name, value } if value.is_empty() => {
+            format!("delete header {} #{index}", show(name))
+        }
+        Modification::ChangeHeader { index, name, value } => {
+            format!("change header {} #{index}: {}", show(name), show(value))
+        }
+        Modification::ChangeFrom { address, args } => format!(
+            "change sender {} {}",
+            show(address),
+            show(args.as_deref().unwrap_or_default())
+        ),
+        Modification::AddRcpt { address } => format!("add recipient {}", show(address)),
+        Modification::AddRcptWithArgs { address, args } => format!(
+            "add recipient {} {}",
+            show(address),
+            show(args.as_deref().unwrap_or_default())
+        ),
+        Modification::DeleteRcpt { address } => format!("delete recipient {}", show(address)),
+        Modification::ReplaceBody(b) => format!("replace body chunk ({} bytes)", b.len()),
+        Modification::Quarantine { reason } => format!("quarantine: {}", show(reason)),
+    }
+}
+
+fn print_outcome(name: &str, o: &Outcome) {
+    let verdict = match o.reply_text() {
+        Some(t) => format!("{} ({t})", o.verdict.name()),
+        None if o.accepted() => "accept".to_owned(),
+        None => o.verdict.name().to_owned(),
+    };
+    println!("{name}: {verdict} at {}", o.final_stage);
+    for (r, v) in &o.rejected_recipients {
+        println!("  recipient {r} refused: {}", v.name());
+    }
+    for m in &o.modifications {
+        println!("  {}", describe(m));
+    }
+}
+
+async fn replay(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitCode {
+    let mut failed = false;
+    if let Some(out) = &args.out
+        && let Err(e) = std::fs::create_dir_all(out)
+    {
+        eprintln!("milter-replay: {}: {e}", out.display());
+        return ExitCode::from(1);
+    }
+    let mut client: Option<MilterClient> = None;
+    for f in &files {
+        let name = f.display().to_string();
+        let tx = match load_transaction(f, args.envelope_dir.as_deref()) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("milter-replay: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        if client.is_none() {
+            match MilterClient::connect(&args.milter, config.clone()).await {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    eprintln!("milter-replay: {name}: {e}");
+                    return ExitCode::from(1);
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        match c.send_transaction(&tx).await {
+            Ok(o) => {
+                print_outcome(&name, &o);
+                if let Some(out) = &args.out
+                    && let Some(file) = f.file_name()
+                {
+                    let path = out.join(file);
+                    if let Err(e) = std::fs::write(&path, o.modified_bytes()) {
+                        eprintln!("milter-replay: {}: {e}", path.display());
+                        failed = true;
+                    }
+                }
+                if c.session().connection_done()
+                    && let Some(c) = client.take()
+                {
+                    let _ = c.quit().await;
+                }
+            }
+            Err(e) => {
+                eprintln!("milter-replay: {name}: {e}");
+                failed = true;
+                client = None;
+            }
+        }
+    }
+    if let Some(c) = client
+        && let Err(e) = c.quit().await
+    {
+        eprintln!("milter-replay: quit: {e}");
+        failed = true;
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn load(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitCode {
+    let mut inputs: Vec<Transaction> = Vec::new();
+    for f in &files {
+        match load_transaction(f, args.envelope_dir.as_deref()) {
+            Ok(t) => inputs.push(t),
+            Err(e) => {
+                eprintln!("milter-replay: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let concurrency = args.concurrency.unwrap_or(1);
+    let count = args.count.unwrap_or(inputs.len());
+    match run_load(&args.milter, &config, Arc::new(inputs), concurrency, count).await {
+        Ok(r) => {
+            println!("concurrency {concurrency}: {}", r.summary());
+            for e in &r.error_samples {
+                eprintln!("  error: {e}");
+            }
+            if r.errors > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("milter-replay: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("milter-replay: {e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let files = match collect_inputs(&args.inputs) {
+        Ok(f) if !f.is_empty() => f,
+        Ok(_) => {
+            eprintln!("milter-replay: no .eml files found");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("milter-replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = ClientConfig::default();
+    if let Some(h) = &args.hidden_received {
+        let mut h = h.trim_end().to_owned();
+        h.push_str("\r\n");
+        config.hidden_received = Some(Bytes::from(h));
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("milter-replay: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if args.concurrency.is_some() || args.count.is_some() {
+        rt.block_on(load(&args, config, files))
+    } else {
+        rt.block_on(replay(&args, config, files))
+    }
+}
