@@ -1,0 +1,238 @@
+//! Each example binary, started with its CLI flags on a unix socket, driven through whole
+//! milter sessions by an independent MTA-side peer (indymilter-test, GPL, test-only).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use indymilter_test::{Actions, Status, TestConnection};
+
+/// A running example; killed (SIGKILL) on drop.
+struct Running {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(bin: &str, args: &[&str]) -> Running {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("milter.sock");
+    let child = Command::new(bin)
+        .arg("--socket")
+        .arg(format!("unix:{}", socket.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn example");
+    let mut running = Running {
+        child,
+        socket,
+        _dir: dir,
+    };
+    for _ in 0..200 {
+        if std::os::unix::net::UnixStream::connect(&running.socket).is_ok() {
+            return running;
+        }
+        if let Ok(Some(status)) = running.child.try_wait() {
+            panic!("{bin} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{bin} did not listen on {}", running.socket.display());
+}
+
+async fn open(r: &Running) -> TestConnection {
+    let mut c = TestConnection::configure()
+        .read_timeout(Duration::from_secs(10))
+        .write_timeout(Duration::from_secs(10))
+        .open_unix(&r.socket)
+        .await
+        .expect("negotiate");
+    assert_eq!(
+        c.connect("client.example", [192, 0, 2, 1])
+            .await
+            .expect("connect"),
+        Status::Continue
+    );
+    assert_eq!(
+        c.helo("client.example").await.expect("helo"),
+        Status::Continue
+    );
+    c
+}
+
+fn msg(s: &Status) -> String {
+    match s {
+        Status::Reject { message: Some(m) } | Status::Tempfail { message: Some(m) } => {
+            m.to_string_lossy().into_owned()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn add_header_adds_the_configured_header_to_each_message() {
+    let r = start(
+        env!("CARGO_BIN_EXE_add-header"),
+        &["--name", "X-Scanned-By", "--value", "example milter"],
+    );
+    let mut c = open(&r).await;
+    assert_eq!(c.negotiated_actions(), Actions::ADD_HEADER);
+    for _ in 0..2 {
+        c.mail(["<a@example.org>"]).await.expect("mail");
+        c.rcpt(["<b@example.org>"]).await.expect("rcpt");
+        c.data().await.expect("data");
+        c.header("Subject", "hi").await.expect("header");
+        c.eoh().await.expect("eoh");
+        c.body("text\r\n").await.expect("body");
+        let (actions, status) = c.eom().await.expect("eom");
+        assert_eq!(status, Status::Continue);
+        assert!(
+            actions.has_add_header("X-Scanned-By", "example milter"),
+            "{actions:?}"
+        );
+    }
+    c.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn add_header_refuses_an_invalid_header_name_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_add-header"))
+        .args([
+            "--socket",
+            "inet:127.0.0.1:0",
+            "--name",
+            "Bad Name",
+            "--value",
+            "x",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("header name"), "{err}");
+}
+
+#[tokio::test]
+async fn reject_sender_refuses_sender_and_recipient_with_the_multiline_reply() {
+    let r = start(
+        env!("CARGO_BIN_EXE_reject-sender"),
+        &[
+            "--sender",
+            "spam@bad.example",
+            "--sender",
+            "@worse.example",
+            "--recipient",
+            "gone@example.org",
+            "--code",
+            "550",
+            "--status",
+            "5.7.1",
+            "--text",
+            "Not accepted here\\nSee the policy page",
+        ],
+    );
+    let want = "550-5.7.1 Not accepted here\r\n550 5.7.1 See the policy page";
+    let mut c = open(&r).await;
+    let s = c.mail(["<SPAM@bad.example>"]).await.expect("mail");
+    assert_eq!(msg(&s), want);
+    c.abort().await.expect("abort");
+    let s = c
+        .mail(["<anyone@worse.example>", "SIZE=100"])
+        .await
+        .expect("mail");
+    assert_eq!(msg(&s), want);
+    c.abort().await.expect("abort");
+    // A good sender passes; a listed recipient is refused alone, the others pass.
+    assert_eq!(
+        c.mail(["<ok@example.org>"]).await.expect("mail"),
+        Status::Continue
+    );
+    assert_eq!(
+        msg(&c.rcpt(["<gone@example.org>"]).await.expect("rcpt")),
+        want
+    );
+    assert_eq!(
+        c.rcpt(["<here@example.org>"]).await.expect("rcpt"),
+        Status::Continue
+    );
+    c.data().await.expect("data");
+    c.eoh().await.expect("eoh");
+    let (actions, status) = c.eom().await.expect("eom");
+    assert_eq!(status, Status::Continue);
+    assert!(actions.actions.is_empty());
+    c.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn reject_sender_refuses_a_bad_reply_code_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_reject-sender"))
+        .args(["--socket", "inet:127.0.0.1:0", "--code", "250"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("250"));
+}
+
+#[tokio::test]
+async fn body_rules_rewrites_or_quarantines() {
+    let r = start(
+        env!("CARGO_BIN_EXE_body-rules"),
+        &["--replace", "colour=color", "--quarantine-word", "casino"],
+    );
+    let mut c = open(&r).await;
+    assert_eq!(
+        c.negotiated_actions(),
+        Actions::REPLACE_BODY | Actions::QUARANTINE
+    );
+    // Rewrite: the body arrives in two chunks, the word split across them.
+    c.mail(["<a@example.org>"]).await.expect("mail");
+    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
+    c.data().await.expect("data");
+    c.eoh().await.expect("eoh");
+    c.body("my favourite col").await.expect("body");
+    c.body("our is blue\r\nthe colour!\r\n")
+        .await
+        .expect("body");
+    let (actions, status) = c.eom().await.expect("eom");
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.has_replaced_body(&b"my favourite color is blue\r\nthe color!\r\n"[..]),
+        "{actions:?}"
+    );
+    // Quarantine.
+    c.mail(["<a@example.org>"]).await.expect("mail");
+    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
+    c.data().await.expect("data");
+    c.eoh().await.expect("eoh");
+    c.body("visit our casino\r\n").await.expect("body");
+    let (actions, status) = c.eom().await.expect("eom");
+    assert_eq!(status, Status::Continue);
+    assert!(
+        actions.has_quarantine("body contains \"casino\""),
+        "{actions:?}"
+    );
+    // An aborted message leaves nothing behind for the next one.
+    c.mail(["<a@example.org>"]).await.expect("mail");
+    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
+    c.data().await.expect("data");
+    c.eoh().await.expect("eoh");
+    c.body("colour casino").await.expect("body");
+    c.abort().await.expect("abort");
+    c.mail(["<a@example.org>"]).await.expect("mail");
+    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
+    c.data().await.expect("data");
+    c.eoh().await.expect("eoh");
+    c.body("plain\r\n").await.expect("body");
+    let (actions, status) = c.eom().await.expect("eom");
+    assert_eq!(status, Status::Continue);
+    assert!(actions.actions.is_empty(), "{actions:?}");
+    c.close().await.expect("close");
+}
