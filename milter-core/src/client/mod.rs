@@ -214,10 +214,10 @@ impl MilterClient {
     /// Connects to `endpoint` (`inet:host:port`, `inet:port@host`, `unix:/path`) and
     /// negotiates.
     pub async fn connect(endpoint: &str, config: ClientConfig) -> Result<MilterClient, Error> {
-        let ep = Endpoint::parse(endpoint)?;
+        let ep = endpoint::parse_connect(endpoint)?;
         let limit = config.timeouts.connect;
         let io: Box<dyn Io> = match ep {
-            Endpoint::Tcp { host, port } => {
+            Endpoint::Tcp { host, port, .. } => {
                 let s = tokio::time::timeout(limit, tokio::net::TcpStream::connect((host, port)))
                     .await
                     .map_err(|_| Error::Timeout(Phase::Negotiation))??;

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::client::{ClientConfig, Envelope, MilterClient, Transaction};
+use crate::client::{ClientConfig, MilterClient, Transaction};
 use crate::error::Error;
 
 /// Expands files and directories into `.eml` files (directories: their `.eml` files,
@@ -51,6 +49,7 @@ pub fn load_transaction(
     message: &Path,
     envelope_dir: Option<&Path>,
 ) -> Result<Transaction, String> {
+    use crate::client::Envelope;
     let bytes = std::fs::read(message).map_err(|e| format!("{}: {e}", message.display()))?;
     let envelope = match sidecar_path(message, envelope_dir) {
         Some(p) => {
@@ -62,7 +61,7 @@ pub fn load_transaction(
     };
     Ok(Transaction {
         envelope,
-        message: Bytes::from(bytes),
+        message: bytes::Bytes::from(bytes),
     })
 }
 
