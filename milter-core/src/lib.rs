@@ -18,6 +18,8 @@ pub mod wire;
 pub mod client;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{Error, NegotiateError, Phase, ProtocolError, UsageError};
 pub use proto::{

@@ -442,12 +442,11 @@ impl MilterSession {
         let reply = Reply::OptNeg(n.to_reply());
         let mut frame = BytesMut::new();
         reply.encode(&mut frame);
-        if frame.len().saturating_sub(5) > self.config.max_send {
+        if let Some(first) = request.macros.first()
+            && frame.len().saturating_sub(5) > self.config.max_send
+        {
             return Err(NegotiateError::InvalidMacroRequest {
-                stage: request
-                    .macros
-                    .first()
-                    .map_or(crate::proto::Stage::Connect, |m| m.stage),
+                stage: first.stage,
                 reason: "the macro lists do not fit in one frame under the send cap",
             });
         }
