@@ -246,6 +246,9 @@ pub struct DomainConfig {
 pub struct Config {
     /// Where the milter listens: `inet:HOST:PORT`, `inet:PORT@HOST` (OpenDKIM), `unix:/path`.
     pub socket: String,
+    /// Permission bits of a `unix:` socket, octal (e.g. `"0660"` so Postfix's group can
+    /// connect). Unset: the process umask decides.
+    pub socket_mode: Option<String>,
     /// Root of the opendkim-genkey layout `{keys-dir}/{domain}/{selector}.private`.
     pub keys_dir: PathBuf,
     /// Clients whose mail is signed (OpenDKIM `InternalHosts`), CIDR or address.
@@ -290,6 +293,9 @@ pub struct Config {
     pub log_level: String,
     /// Seconds between checks of the config, tables and keys dir for changes.
     pub reload_poll_seconds: u64,
+    /// FOR TESTS: a file of `name record` lines (e.g. `sel._domainkey.example.com v=DKIM1;
+    /// k=rsa; p=…`) whose TXT records the verifier uses instead of DNS. Read at start.
+    pub dns_override_file: Option<PathBuf>,
     /// Per-domain overrides.
     pub domain: BTreeMap<String, DomainConfig>,
 }
@@ -325,6 +331,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             socket: "inet:127.0.0.1:8891".into(),
+            socket_mode: None,
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
             internal_hosts: vec![
                 Cidr {
@@ -358,6 +365,7 @@ impl Default for Config {
             verify_max_message_size: 10 * 1024 * 1024,
             log_level: "info".into(),
             reload_poll_seconds: 5,
+            dns_override_file: None,
             domain: BTreeMap::new(),
         }
     }
@@ -421,6 +429,13 @@ impl Config {
                 "authserv-id {id:?} must be one token without spaces or ';'"
             )));
         }
+        if let Some(m) = &self.socket_mode
+            && self.socket_mode_bits().is_none()
+        {
+            return Err(bad(format!(
+                "socket-mode {m:?} must be octal permission bits such as \"0660\""
+            )));
+        }
         if self.reload_poll_seconds == 0 {
             return Err(bad("reload-poll-seconds must be at least 1".into()));
         }
@@ -432,6 +447,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `socket-mode` as permission bits (`None` if unset or invalid).
+    pub fn socket_mode_bits(&self) -> Option<u32> {
+        let m = self.socket_mode.as_deref()?.trim();
+        let m = m.strip_prefix("0o").unwrap_or(m);
+        u32::from_str_radix(m, 8).ok().filter(|b| *b <= 0o777)
     }
 
     /// The authserv-id to use: configured, else the host name.
@@ -534,6 +556,13 @@ selectors = ["2025", "ed"]
 
         let e = p("key-table = \"/etc/opendkim/KeyTable\"").unwrap_err();
         assert!(e.to_string().contains("signing-table"), "{e}");
+
+        let e = p("socket-mode = \"0999\"").unwrap_err();
+        assert!(e.to_string().contains("socket-mode"), "{e}");
+        assert_eq!(
+            p("socket-mode = \"0660\"").unwrap().socket_mode_bits(),
+            Some(0o660)
+        );
 
         let e = p("sign-headers = [\"Subject\"]").unwrap_err();
         assert!(e.to_string().contains("From"), "{e}");

@@ -121,6 +121,15 @@ pub fn decide(cfg: &Config, origin: &Origin<'_>, lookup: impl Fn(&str) -> Lookup
         None
     };
     let d = |action, reason| Decision { action, reason };
+    // Like OpenDKIM in mode sv: whatever we do not sign is verified (an internal relay
+    // such as a content filter's reinjection still gets Authentication-Results).
+    let not_signed = |reason| {
+        if cfg.mode.verifies() {
+            d(Action::Verify, reason)
+        } else {
+            d(Action::Neither, reason)
+        }
+    };
     let Some(trust) = trust else {
         return if cfg.mode.verifies() {
             d(Action::Verify, Reason::External)
@@ -129,10 +138,10 @@ pub fn decide(cfg: &Config, origin: &Origin<'_>, lookup: impl Fn(&str) -> Lookup
         };
     };
     if cfg.mode == Mode::Verify {
-        return d(Action::Neither, Reason::ModeDisabled("signing"));
+        return not_signed(Reason::ModeDisabled("signing"));
     }
     let Some(from) = origin.from_address.filter(|f| f.contains('@')) else {
-        return d(Action::Neither, Reason::NoFromAddress);
+        return not_signed(Reason::NoFromAddress);
     };
     let from_domain = from.rsplit_once('@').map_or("", |(_, d)| d);
     if cfg.require_sasl_domain_match
@@ -151,7 +160,7 @@ pub fn decide(cfg: &Config, origin: &Origin<'_>, lookup: impl Fn(&str) -> Lookup
     }
     match lookup(from) {
         Lookup::Sign(keys) => d(Action::Sign(keys), Reason::Ours(trust)),
-        Lookup::NoKey => d(Action::Neither, Reason::NoKey),
+        Lookup::NoKey => not_signed(Reason::NoKey),
         Lookup::KeyError { domain, error } => {
             d(Action::KeyError, Reason::KeyError { domain, error })
         }
@@ -278,8 +287,21 @@ mod tests {
                 ..base.clone()
             },
         );
-        assert!(matches!(dec.action, Action::Neither));
+        // Not ours to sign: verified (mode sv), like OpenDKIM.
+        assert!(matches!(dec.action, Action::Verify));
         assert_eq!(dec.reason.to_string(), "no signing key for the From domain");
+        let s = Config {
+            mode: Mode::Sign,
+            ..Config::default()
+        };
+        let dec = run(
+            &s,
+            Origin {
+                from_address: Some("a@nokey.org"),
+                ..base.clone()
+            },
+        );
+        assert!(matches!(dec.action, Action::Neither));
         let dec = run(
             &c,
             Origin {
@@ -309,6 +331,7 @@ mod tests {
             },
         );
         assert_eq!(dec.reason, Reason::ModeDisabled("signing"));
+        assert!(matches!(dec.action, Action::Verify));
     }
 
     #[test]

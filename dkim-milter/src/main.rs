@@ -53,6 +53,7 @@ fn init_logging(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -167,7 +168,7 @@ fn serve(state: State, config_path: Option<PathBuf>) -> ExitCode {
         let shared: dkim_milter::reload::Shared =
             std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(state));
         tokio::spawn(dkim_milter::reload::watch(shared.clone(), config_path));
-        match dkim_milter::milter::serve(shared).await {
+        match dkim_milter::milter::serve(shared, None).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

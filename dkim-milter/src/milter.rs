@@ -1,15 +1,311 @@
-//! Milter glue: adapts [`Transaction`](crate::transaction::Transaction) to milter-core.
+//! Milter glue: adapts [`Transaction`] to milter-core's handler API and runs the server.
+//!
+//! One [`DkimMilter`] per milter connection. Connection facts (client address,
+//! `{daemon_name}`) live as long as the connection; the [`Transaction`] lives from MAIL
+//! to end of message or abort, and takes the state current at MAIL, so a reload never
+//! changes a message half way.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use milter_core::handler::{Context, EomActions, Milter};
+use milter_core::negotiate::{Offer, Request};
+use milter_core::proto::command::code;
+use milter_core::server::{Server, ShutdownHandle, UnixSocketOptions};
+use milter_core::{Actions, ConnectInfo, Envelope, ProtocolFlags, SocketInfo, Stage, Verdict};
+
+use crate::reload::Shared;
+use crate::transaction::{EomOutcome, Facts, Transaction};
+use crate::verify::{Caches, Verifier};
 
 /// The server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// milter-core's tokio server is not available in this build yet.
-    #[error("the milter server (milter-core server module) is not available in this build")]
-    NoServer,
+    /// Binding or serving failed (bad socket address, address in use, permissions).
+    #[error("milter server: {0}")]
+    Server(#[from] milter_core::Error),
+    /// The DNS override file (a test hook) could not be read.
+    #[error("dns-override-file {path}: {reason}")]
+    DnsOverride {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
-/// Serves the milter protocol with the shared state until shutdown.
-pub async fn serve(shared: crate::reload::Shared) -> Result<(), ServeError> {
-    let _ = shared;
-    Err(ServeError::NoServer)
+/// Protocol steps we ask for when offered: no reply to events we never refuse (Postfix
+/// then streams them without waiting), SKIP, and header values with their leading space.
+///
+/// `HEADER_LEADING_SPACE` is optional so an MTA without it still works: the transaction
+/// then restores the stripped space itself (exact for all but odd `c=simple` headers).
+/// `SKIP` only takes effect when `NR_BODY` was not negotiated (a skip is a reply).
+pub const OPTIONAL_PROTOCOL: ProtocolFlags = ProtocolFlags::HEADER_LEADING_SPACE
+    .union(ProtocolFlags::SKIP)
+    .union(ProtocolFlags::NR_CONNECT)
+    .union(ProtocolFlags::NR_HELO)
+    .union(ProtocolFlags::NR_MAIL)
+    .union(ProtocolFlags::NR_RCPT)
+    .union(ProtocolFlags::NR_DATA)
+    .union(ProtocolFlags::NR_UNKNOWN)
+    .union(ProtocolFlags::NR_HEADER)
+    .union(ProtocolFlags::NR_EOH)
+    .union(ProtocolFlags::NR_BODY);
+
+/// The milter negotiation request: header insert/delete, the macros the decision needs.
+pub fn request() -> Request {
+    Request::new()
+        .with_actions(Actions::ADD_HEADERS | Actions::CHANGE_HEADERS)
+        .with_optional_protocol(OPTIONAL_PROTOCOL)
+        .with_macros(Stage::Connect, ["j", "{daemon_name}"])
+        .with_macros(Stage::MailFrom, ["i", "{auth_type}", "{auth_authen}"])
+        .with_macros(Stage::Data, ["i"])
+        .with_macros(Stage::EndOfHeaders, ["i"])
+        .with_macros(Stage::EndOfMessage, ["i"])
+}
+
+/// The handler for one milter connection.
+pub struct DkimMilter {
+    shared: Shared,
+    verifier: Option<Arc<Verifier>>,
+    leadspc: bool,
+    client_addr: Option<IpAddr>,
+    daemon_name: Option<String>,
+    tx: Option<Transaction>,
+}
+
+impl std::fmt::Debug for DkimMilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimMilter")
+            .field("client_addr", &self.client_addr)
+            .field("daemon_name", &self.daemon_name)
+            .field("in_message", &self.tx.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+impl DkimMilter {
+    /// A handler sharing the reloadable state and the verifier (`None`: no resolver, so
+    /// inbound mail is passed with a log line saying so).
+    pub fn new(shared: Shared, verifier: Option<Arc<Verifier>>) -> DkimMilter {
+        DkimMilter {
+            shared,
+            verifier,
+            leadspc: false,
+            client_addr: None,
+            daemon_name: None,
+            tx: None,
+        }
+    }
+
+    /// The transaction, started here if MAIL was not seen (a MTA that skips MAIL).
+    fn tx(&mut self, ctx: &Context<'_>) -> &mut Transaction {
+        self.tx.get_or_insert_with(|| {
+            Transaction::new(
+                self.shared.load_full(),
+                Facts {
+                    client_addr: self.client_addr,
+                    daemon_name: self.daemon_name.clone(),
+                    auth_type: non_empty(ctx.macro_str("{auth_type}")),
+                    auth_authen: non_empty(ctx.macro_str("{auth_authen}")),
+                    queue_id: non_empty(ctx.macro_str("i")),
+                },
+                self.leadspc,
+            )
+        })
+    }
+
+    /// Picks up a queue id that arrived after MAIL (Postfix assigns it late for some paths).
+    fn refresh_queue_id(&mut self, ctx: &Context<'_>) {
+        if let (Some(tx), Some(q)) = (self.tx.as_mut(), non_empty(ctx.macro_str("i"))) {
+            tx.facts_mut().queue_id = Some(q);
+        }
+    }
+}
+
+/// Turns the outcome into modifications; the verdict to answer with.
+///
+/// Deletions go first: inserting our own `Authentication-Results` first would shift
+/// the per-name occurrence numbers the deletions refer to.
+pub fn apply_outcome(out: &EomOutcome, actions: &mut EomActions) -> Verdict {
+    let mut failed = None;
+    for (name, idx) in &out.delete {
+        if let Err(e) = actions.delete_header(*name, *idx) {
+            failed.get_or_insert(e);
+        }
+    }
+    for (name, value) in &out.insert_top {
+        if let Err(e) = actions.insert_header(0, *name, value.clone().into_bytes()) {
+            failed.get_or_insert(e);
+        }
+    }
+    if let Some(e) = failed {
+        tracing::error!("{}; modification refused ({e}): tempfail", out.log);
+        return Verdict::reply(451, "4.3.0", "DKIM milter internal error, try again later");
+    }
+    match &out.tempfail {
+        Some(text) => {
+            let (enhanced, text) = match text.split_once(' ') {
+                Some((e, t)) if e.chars().all(|c| c.is_ascii_digit() || c == '.') => (e, t),
+                _ => ("4.7.0", text.as_str()),
+            };
+            tracing::warn!("{}", out.log);
+            Verdict::reply(451, enhanced, text)
+        }
+        None => {
+            tracing::info!("{}", out.log);
+            Verdict::Continue
+        }
+    }
+}
+
+impl Milter for DkimMilter {
+    fn negotiate(&mut self, offer: &Offer) -> Request {
+        self.leadspc = offer.protocol.contains(ProtocolFlags::HEADER_LEADING_SPACE);
+        request()
+    }
+
+    async fn connect(&mut self, ctx: &Context<'_>, info: &ConnectInfo) -> Verdict {
+        self.client_addr = match &info.socket {
+            SocketInfo::Inet { addr, .. } => Some(*addr),
+            _ => None,
+        };
+        self.daemon_name = non_empty(ctx.macro_str("{daemon_name}"));
+        self.tx = None;
+        Verdict::Continue
+    }
+
+    async fn mail(&mut self, ctx: &Context<'_>, _from: &Envelope) -> Verdict {
+        if let Some(n) = ctx.negotiated() {
+            self.leadspc = n.leading_space();
+        }
+        // {daemon_name} is a connect macro, but a QUIT_NC reuse may bring a new one.
+        if let Some(d) = non_empty(ctx.macro_str("{daemon_name}")) {
+            self.daemon_name = Some(d);
+        }
+        self.tx = None;
+        self.tx(ctx);
+        Verdict::Continue
+    }
+
+    async fn header(&mut self, ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
+        self.tx(ctx).header(name, value);
+        Verdict::Continue
+    }
+
+    async fn eoh(&mut self, ctx: &Context<'_>) -> Verdict {
+        self.refresh_queue_id(ctx);
+        self.tx(ctx).end_of_headers();
+        Verdict::Continue
+    }
+
+    async fn body(&mut self, ctx: &Context<'_>, chunk: &[u8]) -> Verdict {
+        let tx = self.tx(ctx);
+        tx.body(chunk);
+        let can_skip = ctx
+            .negotiated()
+            .is_some_and(|n| n.skip() && !n.no_reply(code::BODY));
+        if can_skip && !tx.wants_body() {
+            Verdict::Skip
+        } else {
+            Verdict::Continue
+        }
+    }
+
+    async fn eom(&mut self, ctx: &Context<'_>, actions: &mut EomActions) -> Verdict {
+        self.refresh_queue_id(ctx);
+        self.tx(ctx);
+        let Some(tx) = self.tx.take() else {
+            return Verdict::Continue;
+        };
+        let out = tx.end_of_message(self.verifier.as_deref()).await;
+        apply_outcome(&out, actions)
+    }
+
+    async fn abort(&mut self, _ctx: &Context<'_>) {
+        self.tx = None;
+    }
+
+    async fn close(&mut self, _ctx: &Context<'_>) {
+        self.tx = None;
+    }
+}
+
+/// Builds the verifier: the system resolver, pre-filled from `dns-override-file` when
+/// set. `Ok(None)` when there is no resolver (logged; inbound mail is then passed).
+pub fn build_verifier(dns_override: Option<&Path>) -> Result<Option<Verifier>, ServeError> {
+    let auth = match mail_auth::MessageAuthenticator::new_system_conf() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!("no DNS resolver ({e}); inbound mail will not be verified");
+            return Ok(None);
+        }
+    };
+    let caches = Caches::new(4096);
+    if let Some(p) = dns_override {
+        let bad = |reason: String| ServeError::DnsOverride {
+            path: p.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
+        let mut n = 0;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((name, record)) = line.split_once(char::is_whitespace) else {
+                return Err(bad(format!("line {}: expected `name record`", i + 1)));
+            };
+            // Ten years: the entries are the test zone, not a cache.
+            caches.insert_dkim_key(name, record.trim(), Duration::from_secs(10 * 365 * 86400));
+            n += 1;
+        }
+        tracing::warn!(
+            "dns-override-file {}: {n} TXT record(s) used instead of DNS (a test hook)",
+            p.display()
+        );
+    }
+    Ok(Some(Verifier::with_authenticator(auth, caches)))
+}
+
+/// Serves the milter protocol with the shared state until SIGTERM/SIGINT (or `shutdown`),
+/// then lets messages in flight finish.
+pub async fn serve(shared: Shared, shutdown: Option<ShutdownHandle>) -> Result<(), ServeError> {
+    let st = shared.load_full();
+    let verifier = if st.config.mode.verifies() {
+        build_verifier(st.config.dns_override_file.as_deref())?.map(Arc::new)
+    } else {
+        None
+    };
+    let unix = UnixSocketOptions {
+        mode: st.config.socket_mode_bits(),
+        ..UnixSocketOptions::default()
+    };
+    let mut builder = Server::builder()
+        .listen(&st.config.socket)?
+        .unix_socket(unix)
+        .shutdown_deadline(Duration::from_secs(30));
+    if let Some(h) = shutdown {
+        builder = builder.shutdown_handle(h);
+    }
+    let server = builder.bind().await?;
+    for a in server.local_addrs() {
+        tracing::info!(
+            "dkim-milter listening on {a}; {} signing domain(s)/key(s); authserv-id {}",
+            st.keys.usable_count(),
+            st.authserv_id
+        );
+    }
+    drop(st);
+    server
+        .serve(move || DkimMilter::new(shared.clone(), verifier.clone()))
+        .await?;
+    Ok(())
 }

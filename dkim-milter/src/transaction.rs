@@ -254,9 +254,12 @@ impl Transaction {
                     Some(r) => {
                         out.insert_top
                             .push(("Authentication-Results", strip(r.auth_results.clone())));
-                        out.log = format!("{tag}: verified: {} ({reason})", r.summary());
+                        out.log =
+                            format!("{tag}: not signed ({reason}); verified: {}", r.summary());
                     }
-                    None => out.log = format!("{tag}: not verified: no resolver ({reason})"),
+                    None => {
+                        out.log = format!("{tag}: not signed ({reason}); not verified: no resolver")
+                    }
                 }
                 if !out.delete.is_empty() {
                     out.log.push_str(&format!(

@@ -1,0 +1,300 @@
+//! Runs the real `dkim-milter` binary for the end-to-end tests, and checks signatures
+//! with the independent verifiers (dkimpy and `opendkim -t`).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stack_tests::dkim::{DkimKey, dkimpy_verify, opendkim_genkey, opendkim_test_verify};
+
+/// Generous: Postfix queue runs and the daemons share two cores with the build.
+pub const T: Duration = Duration::from_secs(60);
+
+/// The authserv-id every test daemon uses.
+pub const AUTHSERV: &str = "mx.dkim.test";
+
+/// A running `dkim-milter` with its own config, keys dir and log file.
+pub struct Daemon {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `dkim.toml` (socket, keys dir, authserv-id, 1 s poll, then `extra` lines)
+    /// and starts the daemon; returns once it listens.
+    pub fn start(keys_dir: &Path, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = stack_tests::ports::free_port().expect("free port");
+        let config = dir.path().join("dkim.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = \"inet:127.0.0.1:{port}\"\nkeys-dir = {keys:?}\nauthserv-id = \"{AUTHSERV}\"\n\
+                 reload-poll-seconds = 1\n{extra}\n",
+                keys = keys_dir.display().to_string(),
+            ),
+        )
+        .expect("write config");
+        let log = dir.path().join("dkim-milter.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn dkim-milter");
+        let mut d = Daemon {
+            child: Some(child),
+            port,
+            dir,
+            config,
+        };
+        let end = Instant::now() + T;
+        while !d.log().contains("dkim-milter listening on") {
+            if let Some(c) = d.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("dkim-milter exited with {st}:\n{}", d.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "dkim-milter did not start:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+
+    /// Postfix milter spec.
+    pub fn spec(&self) -> String {
+        format!("inet:127.0.0.1:{}", self.port)
+    }
+
+    /// The config file (tests rewrite it to exercise reload).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        stack_tests::sys::read_lossy(&self.dir.path().join("dkim-milter.log"))
+    }
+
+    /// Waits until the log has at least `n` lines containing `needle`; returns them.
+    pub fn wait_lines(&self, needle: &str, n: usize) -> Vec<String> {
+        let end = Instant::now() + T;
+        loop {
+            let lines: Vec<String> = self
+                .log()
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {n} log line(s) with {needle:?} in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        if let Some(c) = &self.child {
+            stack_tests::sys::signal(c.id() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited 0 in time.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        stack_tests::sys::signal(c.id() as i32, libc::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.success();
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// An opendkim-genkey key in `{keys}/{domain}/{selector}.private`.
+pub fn genkey(keys: &Path, domain: &str, selector: &str, bits: u32) -> DkimKey {
+    opendkim_genkey(domain, selector, bits, &keys.join(domain)).expect("opendkim-genkey")
+}
+
+/// The record of a key made by `dkim-milter keygen` (its `.txt`).
+pub fn our_keygen(keys: &Path, domain: &str, selector: &str, ed25519: bool) -> (String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dkim-milter"));
+    cmd.args(["keygen", "--domain", domain, "--selector", selector]);
+    if ed25519 {
+        cmd.arg("--ed25519");
+    }
+    let o = cmd.arg("--keys-dir").arg(keys).output().expect("keygen");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let txt = std::fs::read_to_string(keys.join(domain).join(format!("{selector}.txt")))
+        .expect("keygen .txt");
+    (
+        format!("{selector}._domainkey.{domain}"),
+        stack_tests::dkim::txt_record_from_zone(&txt).expect("TXT data"),
+    )
+}
+
+/// `msg` with every bare LF made CRLF (Maildir files use LF).
+pub fn crlf(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + msg.len() / 16);
+    let mut prev = 0u8;
+    for &b in msg {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+/// `(name, value)` of every header of a message (CRLF or LF), unfolded, in order.
+pub fn headers(msg: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
+    let head = text.split("\n\n").next().unwrap_or("");
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in head.split('\n') {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = out.last_mut() {
+                last.1.push_str(line);
+            }
+        } else if let Some((n, v)) = line.split_once(':') {
+            out.push((n.to_string(), v.trim().to_string()));
+        }
+    }
+    out
+}
+
+/// Values of the headers called `name` (case-insensitive).
+pub fn header_values(msg: &[u8], name: &str) -> Vec<String> {
+    headers(msg)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The `tag=` value of a DKIM-Signature.
+pub fn tag(sig: &str, tag: &str) -> Option<String> {
+    sig.split(';').find_map(|t| {
+        let (k, v) = t.split_once('=')?;
+        (k.trim() == tag).then(|| v.split_whitespace().collect::<String>())
+    })
+}
+
+/// Asserts that `msg` carries exactly `sigs` DKIM signatures and that both dkimpy and
+/// `opendkim -t` pass every one (opendkim's A-R is counted per signature).
+pub fn assert_verifies(msg: &[u8], records: &[(String, String)], sigs: usize) {
+    assert_eq!(
+        header_values(msg, "DKIM-Signature").len(),
+        sigs,
+        "signature count in:\n{}",
+        String::from_utf8_lossy(msg)
+    );
+    let py = dkimpy_verify(msg, records).expect("dkimpy runs");
+    assert!(
+        py.all_pass && py.lines.len() == sigs,
+        "dkimpy: {}\n{}",
+        py.output,
+        String::from_utf8_lossy(msg)
+    );
+    let od = opendkim_test_verify(msg, records).expect("opendkim -t runs");
+    let passes = od.output.matches("dkim=pass").count();
+    assert!(
+        passes == sigs && !od.output.contains("dkim=fail"),
+        "opendkim -t: {passes} pass of {sigs}:\n{}\n{}",
+        od.output,
+        String::from_utf8_lossy(msg)
+    );
+}
+
+/// Message with the given From/Subject and a small body (CRLF).
+pub fn message(from: &str, to: &str, subject: &str) -> Vec<u8> {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Fri, 28 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <{id}@dkim.test>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
+         Hello from the end-to-end test.\r\n  Indented line with trailing space \r\n\r\n",
+        id = subject.replace(' ', "-")
+    )
+    .into_bytes()
+}
+
+/// The sink message whose Subject is `subject`.
+pub fn by_subject(msgs: &[stack_tests::sink::SinkMessage], subject: &str) -> Vec<u8> {
+    msgs.iter()
+        .find(|m| {
+            header_values(&m.data, "Subject")
+                .iter()
+                .any(|s| s == subject)
+        })
+        .unwrap_or_else(|| panic!("no message with Subject {subject:?} among {}", msgs.len()))
+        .data
+        .clone()
+}
+
+/// One message over plain SMTP to 127.0.0.1:`port`; the end-of-data reply (or the
+/// first refusal).
+pub fn smtp_send(port: u16, from: &str, to: &str, msg: &[u8]) -> stack_tests::swaks::SmtpReply {
+    let (mut c, _) = stack_tests::smtp::SmtpClient::connect(port).expect("connect");
+    c.expect("EHLO client.remote.test", 250).expect("EHLO");
+    c.expect(&format!("MAIL FROM:<{from}>"), 250).expect("MAIL");
+    c.expect(&format!("RCPT TO:<{to}>"), 250).expect("RCPT");
+    let r = c.data(msg).expect("DATA");
+    let _ = c.cmd("QUIT");
+    r
+}
+
+/// Signs `msg` (CRLF) with dkimpy as an outside domain would; returns the signed message.
+pub fn dkimpy_sign(msg: &[u8], domain: &str, selector: &str, key: &Path) -> Vec<u8> {
+    let script = "import dkim,sys\nm=sys.stdin.buffer.read()\n\
+                  s=dkim.sign(m,sys.argv[1].encode(),sys.argv[2].encode(),open(sys.argv[3],'rb').read(),\
+                  canonicalize=(b'relaxed',b'relaxed'),include_headers=[b'from',b'to',b'subject',b'date',b'message-id'])\n\
+                  sys.stdout.buffer.write(s+m)\n";
+    let out = stack_tests::sys::run_with_input(
+        Command::new(stack_tests::PYTHON)
+            .args(["-c", script, selector, domain])
+            .arg(key),
+        msg,
+    )
+    .expect("dkimpy sign");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
