@@ -87,16 +87,16 @@ fn show(v: &[u8]) -> String {
 fn describe(m: &Modification) -> String {
     match m {
         Modification::AddHeader { name, value } => {
-            format!("add header {}: {}", show(name), show(value))
+            format!("add header {}:{}", show(name), show(value))
         }
         Modification::InsertHeader { index, name, value } => {
-            format!("insert header at {index} {}: {}", show(name), show(value))
+            format!("insert header at {index} {}:{}", show(name), show(value))
         }
         Modification::ChangeHeader { index, name, value } if value.is_empty() => {
             format!("delete header {} #{index}", show(name))
         }
         Modification::ChangeHeader { index, name, value } => {
-            format!("change header {} #{index}: {}", show(name), show(value))
+            format!("change header {} #{index}:{}", show(name), show(value))
         }
         Modification::ChangeFrom { address, args } => format!(
             "change sender {} {}",
