@@ -7,6 +7,16 @@
 //! with a [`UsageError`] before anything is queued, so the stream never desynchronises;
 //! a peer that breaks the command order gets a [`ProtocolError`] and the connection should
 //! be closed.
+//!
+//! Command order: OPTNEG first and only once; CONNECT after negotiation or after QUIT_NC;
+//! HELO and UNKNOWN after CONNECT, outside message content; MAIL outside a message; RCPT
+//! after MAIL; DATA, headers, end of headers, body and end of message after RCPT, in that
+//! order, headers and body chunks repeating. Steps negotiated away (`NO_*`) may be absent.
+//! Nothing but QUIT may come while a reply is due. ABORT inside a message ends it and
+//! becomes [`Event::Abort`]; outside one (Postfix sends it at STARTTLS and twice at the
+//! end) it is absorbed. A final verdict other than Continue (or Skip) ends the message,
+//! except that Reject, Tempfail and a reply code at RCPT refuse only that recipient;
+//! verdicts at CONNECT, HELO and UNKNOWN leave the state alone.
 
 use bytes::{Bytes, BytesMut};
 
@@ -71,7 +81,8 @@ pub enum Event {
     /// End of message; the bytes are a last body chunk, usually empty. Modifications and
     /// progress are allowed until the final reply.
     EndOfMessage(Bytes),
-    /// The message was abandoned; the connection goes on. Never answered.
+    /// The message under way was abandoned; the connection goes on. Never answered.
+    /// Aborts outside a message are absorbed, so this comes at most once per message.
     Abort,
     /// An SMTP command the MTA did not recognise.
     Unknown(Bytes),
@@ -303,7 +314,7 @@ impl MilterSession {
         let skipped_mail = negotiated.skipped(code::MAIL);
         let skipped_rcpt = negotiated.skipped(code::RCPT);
 
-        // Where the command may come; see the contract in the module docs.
+        // Where the command may come: see the module docs.
         let event = match cmd {
             Command::OptNeg(_) => return Err(unexpected(c, "after negotiation")),
             Command::Macros { for_command, pairs } => {
@@ -410,7 +421,7 @@ impl MilterSession {
                                 Event::EndOfMessage(b)
                             }
                             // Every other command was matched above.
-                            _ => return Err(unexpected(c, "here")),
+                            _ => return Err(unexpected(c, "in this state")),
                         }
                     }
                 }
