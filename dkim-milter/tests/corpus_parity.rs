@@ -1,0 +1,214 @@
+//! Corpus parity with OpenDKIM: every message is signed by a real OpenDKIM *and* by
+//! dkim-milter (same key, same canonicalization, two selectors) in one Postfix pipeline
+//! (`non_smtpd_milters = opendkim, dkim-milter`); whenever dkimpy verifies OpenDKIM's
+//! signature it must verify ours too.
+//!
+//! Corpora: `../shared/corpus/mail-parser` (real and malformed messages; required, CI
+//! has it) and the project's own `tests/corpus/`. Each message gets its `From:`
+//! rewritten to the hosted test domain and an `X-Corpus-Id:` to find it at the sink.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use stack_tests::dkim::dkimpy_verify;
+use stack_tests::opendkim::OpenDkim;
+use stack_tests::postfix::Postfix;
+use support::*;
+
+const DOMAIN: &str = "parity.test";
+
+fn corpus_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Drops every `From:` field (with its continuation lines) from the header block and puts
+/// ours and the id on top, in the message's own line-ending style.
+fn rewrite(msg: &[u8], id: &str) -> Vec<u8> {
+    let first_lf = msg.iter().position(|&b| b == b'\n');
+    let nl: &[u8] = match first_lf {
+        Some(i) if i > 0 && msg[i - 1] == b'\r' => b"\r\n",
+        _ => b"\n",
+    };
+    let mut out = Vec::with_capacity(msg.len() + 100);
+    out.extend_from_slice(format!("X-Corpus-Id: {id}").as_bytes());
+    out.extend_from_slice(nl);
+    out.extend_from_slice(format!("From: Corpus <corpus@{DOMAIN}>").as_bytes());
+    out.extend_from_slice(nl);
+    let mut in_headers = true;
+    let mut skipping = false;
+    for line in msg.split_inclusive(|&b| b == b'\n') {
+        if in_headers {
+            let bare = line.strip_suffix(b"\n").unwrap_or(line);
+            let bare = bare.strip_suffix(b"\r").unwrap_or(bare);
+            if bare.is_empty() {
+                in_headers = false;
+            } else if skipping && line.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                continue;
+            } else {
+                skipping = bare.len() >= 5 && bare[..5].eq_ignore_ascii_case(b"from:");
+                if skipping {
+                    continue;
+                }
+            }
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    submitted: usize,
+    refused_by_sendmail: usize,
+    opendkim_pass: usize,
+    ours_pass: usize,
+    both_pass: usize,
+    opendkim_only: Vec<String>,
+    ours_only: usize,
+    neither: Vec<String>,
+    unsigned_by_opendkim: usize,
+}
+
+#[test]
+fn opendkim_and_dkim_milter_agree_on_the_corpora() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = manifest.join("../../shared/corpus/mail-parser");
+    let mut files: Vec<(String, PathBuf)> = corpus_files(&shared)
+        .into_iter()
+        .map(|p| {
+            (
+                format!("mail-parser/{}", p.file_name().unwrap().to_string_lossy()),
+                p,
+            )
+        })
+        .collect();
+    let shared_n = files.len();
+    assert!(
+        shared_n >= 50,
+        "mail-parser corpus: only {shared_n} messages"
+    );
+    files.extend(
+        corpus_files(&manifest.join("tests/corpus"))
+            .into_iter()
+            .map(|p| {
+                (
+                    format!("project/{}", p.file_name().unwrap().to_string_lossy()),
+                    p,
+                )
+            }),
+    );
+    let project_n = files.len() - shared_n;
+    assert!(project_n >= 10);
+
+    let od_keys = tempfile::tempdir().unwrap();
+    let our_keys = tempfile::tempdir().unwrap();
+    let key = genkey(od_keys.path(), DOMAIN, "od", 2048);
+    std::fs::create_dir_all(our_keys.path().join(DOMAIN)).unwrap();
+    std::fs::copy(
+        &key.private_key,
+        our_keys.path().join(DOMAIN).join("rs.private"),
+    )
+    .unwrap();
+    let records = [
+        key.record(),
+        (format!("rs._domainkey.{DOMAIN}"), key.txt_record.clone()),
+    ];
+    let od = OpenDkim::builder().key(&key).start().unwrap();
+    // Same canonicalization as the harness's OpenDKIM (relaxed/simple).
+    let d = Daemon::start(our_keys.path(), "canonicalization = \"relaxed/simple\"");
+    let pf = Postfix::builder()
+        .non_smtpd_milters(&format!("{}, {}", od.milter_spec(), d.spec()))
+        // Keep 8-bit bodies as they are on the way to the sink (no QP conversion).
+        .main_cf("disable_mime_output_conversion = yes")
+        .start()
+        .unwrap();
+
+    let mut c = Counts::default();
+    let mut ids = Vec::new();
+    for (id, path) in &files {
+        let raw = std::fs::read(path).unwrap();
+        match pf.sendmail(
+            &[
+                "-f",
+                &format!("corpus@{DOMAIN}"),
+                "-i",
+                "friend@remote.test",
+            ],
+            &rewrite(&raw, id),
+        ) {
+            Ok(_) => {
+                c.submitted += 1;
+                ids.push(id.clone());
+            }
+            Err(e) => {
+                eprintln!("{id}: sendmail refused it: {e:#}");
+                c.refused_by_sendmail += 1;
+            }
+        }
+    }
+    let msgs = pf.sink().wait_for(c.submitted, 3 * T).unwrap();
+    let mut by_id: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for m in &msgs {
+        if let Some(id) = header_values(&m.data, "X-Corpus-Id").first() {
+            by_id.insert(id.clone(), m.data.clone());
+        }
+    }
+    for id in &ids {
+        let msg = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} did not reach the sink"));
+        let v = dkimpy_verify(msg, &records).unwrap();
+        let od_pass = v
+            .lines
+            .iter()
+            .any(|l| l == &format!("PASS d={DOMAIN} s=od"));
+        let ours_pass = v
+            .lines
+            .iter()
+            .any(|l| l == &format!("PASS d={DOMAIN} s=rs"));
+        let od_signed = v.lines.iter().any(|l| l.contains("s=od"));
+        let ours_signed = v.lines.iter().any(|l| l.contains("s=rs"));
+        assert!(
+            ours_signed,
+            "{id}: dkim-milter did not sign it:\n{}\n{}",
+            v.output,
+            d.log()
+        );
+        c.unsigned_by_opendkim += usize::from(!od_signed);
+        c.opendkim_pass += usize::from(od_pass);
+        c.ours_pass += usize::from(ours_pass);
+        c.both_pass += usize::from(od_pass && ours_pass);
+        c.ours_only += usize::from(ours_pass && !od_pass);
+        if !od_pass && !ours_pass {
+            c.neither.push(format!("{id}: {}", v.lines.join(" | ")));
+        }
+        if od_pass && !ours_pass {
+            c.opendkim_only
+                .push(format!("{id}: {}", v.lines.join(" | ")));
+        }
+    }
+    eprintln!(
+        "corpus parity: {} messages ({shared_n} mail-parser + {project_n} project); {c:#?}",
+        files.len()
+    );
+    assert!(
+        c.opendkim_only.is_empty(),
+        "OpenDKIM's signature verified but ours did not: {:#?}",
+        c.opendkim_only
+    );
+    // Not vacuous: most messages must verify at all.
+    assert!(
+        c.both_pass * 10 >= c.submitted * 8,
+        "too few verifying messages: {c:#?}"
+    );
+    assert_eq!(c.refused_by_sendmail, 0, "{c:#?}");
+}
