@@ -3,7 +3,31 @@
 //! The core is sans-IO and deterministic: [`wire`] frames bytes, [`proto`] types every
 //! command and reply, [`negotiate`] settles options, and [`session`] enforces the reply
 //! discipline on both sides. The tokio [`server`] runs [`Milter`] handlers; the tokio
-//! [`client`] plays the MTA for replay, tests and load.
+//! [`client`] plays the MTA for replay, tests and load; the `testing` feature pairs the two
+//! in memory so a handler can be unit tested without sockets.
+//!
+//! A milter is a [`Milter`] implementation; every callback has a default, so a milter
+//! implements only what it needs:
+//!
+//! ```no_run
+//! use milter_core::{Context, Envelope, Milter, Server, Verdict};
+//!
+//! struct RejectSender;
+//!
+//! impl Milter for RejectSender {
+//!     async fn mail(&mut self, _ctx: &Context<'_>, from: &Envelope) -> Verdict {
+//!         if from.address_str().eq_ignore_ascii_case("spammer@example.net") {
+//!             return Verdict::reply(550, "5.7.1", "Sender refused");
+//!         }
+//!         Verdict::Continue
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), milter_core::Error> {
+//!     Server::builder().listen("inet:127.0.0.1:8891")?.serve(|| RejectSender).await
+//! }
+//! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -25,7 +49,11 @@ pub mod server;
 pub mod testing;
 
 pub use error::{Error, NegotiateError, Phase, ProtocolError, UsageError};
+pub use handler::{Context, EomActions, Milter};
+pub use negotiate::{Negotiated, Offer, Request};
 pub use proto::{
     Actions, Command, ConnectInfo, Envelope, Macros, Modification, ProtocolFlags, Reply, SmtpReply,
     SocketInfo, Stage, Verdict,
 };
+#[cfg(feature = "server")]
+pub use server::Server;
