@@ -26,4 +26,10 @@ THREADS="${RUST_TEST_THREADS:-4}"
 step "cargo test --workspace (RUST_TEST_THREADS=$THREADS)"
 RUST_TEST_THREADS="$THREADS" cargo test --workspace --ignore-rust-version
 
+step "milter-core fuzz hooks over the golden Postfix recordings"
+cargo test -p milter-core --features fuzzing --lib --ignore-rust-version fuzzing
+
+step "main job: tests/stack/run-stack.sh --check (the README's first command, every flow)"
+"$ROOT/tests/stack/run-stack.sh" --check
+
 step "all checks passed"

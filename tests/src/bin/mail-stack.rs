@@ -20,6 +20,9 @@ use stack_tests::{ports, swaks, sys};
 
 const DOMAINS: [&str; 2] = ["example.test", "other.test"];
 
+/// Source address of clients playing the internet: on loopback, but not an internal host.
+const REMOTE_CLIENT: &str = "127.0.0.2";
+
 struct Args {
     dkim_milter: PathBuf,
     check: bool,
@@ -88,14 +91,14 @@ fn start_dkim_milter(bin: &Path, dir: &Path) -> Result<(DkimMilter, Vec<DkimKey>
     }
     let port = ports::free_port()?;
     let config = dir.join("dkim-milter.toml");
-    // Inbound mail comes from 127.0.0.1 too, so loopback must not count as internal here:
-    // signing rests on SASL and the submission service's daemon name, as in production.
+    // Only 127.0.0.1 is internal (local sendmail/pickup mail); "internet" clients connect
+    // from 127.0.0.2 (REMOTE_CLIENT), so port-25 strangers really are strangers here.
     std::fs::write(
         &config,
         format!(
             "socket = \"inet:127.0.0.1:{port}\"\n\
              keys-dir = \"{}\"\n\
-             internal-hosts = []\n\
+             internal-hosts = [\"127.0.0.1\", \"::1\"]\n\
              originating-daemon-names = [\"ORIGINATING\"]\n\
              authserv-id = \"mx.example.test\"\n\
              key-permissions = \"warn\"\n",
@@ -168,7 +171,8 @@ fn print_usage(pf: &Postfix, milter: &DkimMilter, dir: &Path) {
          \ntry:\n  \
          swaks --server 127.0.0.1:{sub} --tls --auth PLAIN --auth-user user@example.test \
          --auth-password userpass --from user@example.test --to friend@remote.test\n  \
-         swaks --server 127.0.0.1:{mx} --from alice@remote.test --to user@example.test\n\
+         swaks --server 127.0.0.1:{mx} --local-interface {remote} --from alice@remote.test \
+         --to user@example.test\n\
          \nsandbox: {dir}",
         mx = pf.mx_port(),
         sub = pf.submission_port(),
@@ -180,6 +184,7 @@ fn print_usage(pf: &Postfix, milter: &DkimMilter, dir: &Path) {
         plog = pf.log_path().display(),
         maildirs = pf.mail_root().display(),
         dir = dir.display(),
+        remote = REMOTE_CLIENT,
     );
 }
 
@@ -310,14 +315,17 @@ fn run_checks(pf: &Postfix, keys: &[DkimKey], milter: &DkimMilter) -> Result<usi
     });
 
     c.record(
-        "inbound on the MX port is delivered unsigned, with Authentication-Results",
+        "a port-25 stranger claiming our domain is delivered unsigned, with A-R",
         {
             (|| {
                 let run = swaks::swaks(&[
                     "--server",
                     &format!("127.0.0.1:{}", pf.mx_port()),
+                    "--local-interface",
+                    REMOTE_CLIENT,
+                    // A stranger claiming a hosted domain: must not get our signature.
                     "--from",
-                    "alice@remote.test",
+                    "boss@example.test",
                     "--to",
                     "alias@example.test",
                     "--header",
@@ -352,11 +360,23 @@ fn run_checks(pf: &Postfix, keys: &[DkimKey], milter: &DkimMilter) -> Result<usi
     c.record("dkim-milter logged one decision line per message", {
         (|| {
             let log = sys::read_lossy(&milter.log);
-            let lines = log.lines().filter(|l| l.contains("dkim-milter")).count();
-            if !log.contains("signed") {
-                bail!("no decision lines in {}:\n{log}", milter.log.display());
+            let signed: Vec<&str> = log.lines().filter(|l| l.contains(": signed ")).collect();
+            let unsigned: Vec<&str> = log.lines().filter(|l| l.contains(": not signed")).collect();
+            // Two signed messages (submission, sendmail) and one inbound verified one.
+            if signed.len() != 2
+                || unsigned.len() != 1
+                || !unsigned.iter().all(|l| l.contains("external client"))
+            {
+                bail!(
+                    "expected 2 signed and 1 not-signed decision lines in {}:\n{log}",
+                    milter.log.display()
+                );
             }
-            Ok(format!("{lines} lines in {}", milter.log.display()))
+            Ok(format!(
+                "{}\n      {}",
+                signed.join("\n      "),
+                unsigned.join("")
+            ))
         })()
     });
 
