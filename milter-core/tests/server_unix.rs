@@ -62,6 +62,13 @@ async fn mode_owner_group_applied_and_file_removed_at_shutdown() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.uid(), 65534);
     assert_eq!(meta.gid(), 0);
+    // The socket was prepared in a private staging directory and moved into place;
+    // nothing else is left beside it.
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(entries, vec![std::ffi::OsString::from("m.sock")]);
     let handle = server.shutdown_handle();
     let task = tokio::spawn(server.serve(|| Tagger));
     assert!(matches!(negotiate_over(&path).await, Reply::OptNeg(_)));

@@ -263,35 +263,78 @@ fn bind_unix(ep: &Endpoint, path: &Path, opts: &UnixSocketOptions) -> Result<Lis
             Err(e) => return Err(io_err(ep, "cannot probe existing socket", e)),
         }
     }
-    let listener = UnixListener::bind(path).map_err(|e| io_err(ep, "cannot bind", e))?;
+    // Resolve names before binding, so a typo leaves no socket behind.
+    let uid = match &opts.owner {
+        Some(o) => Some(
+            resolve_id(o, "/etc/passwd")
+                .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket owner {o:?}")))?,
+        ),
+        None => None,
+    };
+    let gid = match &opts.group {
+        Some(g) => Some(
+            resolve_id(g, "/etc/group")
+                .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket group {g:?}")))?,
+        ),
+        None => None,
+    };
+    let listener = bind_staged(path, |at| {
+        if let Some(mode) = opts.mode {
+            std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| ("cannot set socket mode", e))?;
+        }
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::chown(at, uid, gid)
+                .map_err(|e| ("cannot change socket owner/group", e))?;
+        }
+        Ok(())
+    })
+    .map_err(|(what, e)| io_err(ep, what, e))?;
     let meta = std::fs::symlink_metadata(path).ok();
     let file = SocketFile {
         path: path.to_owned(),
         id: meta.map(|m| (m.dev(), m.ino())),
     };
-    if let Some(mode) = opts.mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| io_err(ep, "cannot set socket mode", e))?;
-    }
-    if opts.owner.is_some() || opts.group.is_some() {
-        let uid = match &opts.owner {
-            Some(o) => Some(
-                resolve_id(o, "/etc/passwd")
-                    .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket owner {o:?}")))?,
-            ),
-            None => None,
-        };
-        let gid = match &opts.group {
-            Some(g) => Some(
-                resolve_id(g, "/etc/group")
-                    .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket group {g:?}")))?,
-            ),
-            None => None,
-        };
-        std::os::unix::fs::chown(path, uid, gid)
-            .map_err(|e| io_err(ep, "cannot change socket owner/group", e))?;
-    }
     Ok(Listener::Unix(listener, file))
+}
+
+type StageError = (&'static str, io::Error);
+
+/// Binds the socket in a private (0700) directory beside `path`, lets `prepare` set its mode
+/// and owner there, then renames it into place: nobody can connect while it still has the
+/// umask's permissions. Where the staging path would be too long for a socket address, it
+/// binds in place and prepares afterwards.
+fn bind_staged(
+    path: &Path,
+    prepare: impl Fn(&Path) -> Result<(), StageError>,
+) -> Result<UnixListener, StageError> {
+    use std::os::unix::fs::DirBuilderExt;
+
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let staging = parent.join(format!(".milter-bind-{}", std::process::id()));
+    let staged = staging.join("s");
+    // sun_path holds 108 bytes including the NUL.
+    if staged.as_os_str().len() >= 108 {
+        let listener = UnixListener::bind(path).map_err(|e| ("cannot bind", e))?;
+        prepare(path)?;
+        return Ok(listener);
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(|e| ("cannot create the staging directory", e))?;
+    let result = (|| {
+        let listener = UnixListener::bind(&staged).map_err(|e| ("cannot bind", e))?;
+        prepare(&staged)?;
+        std::fs::rename(&staged, path).map_err(|e| ("cannot move the socket into place", e))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result
 }
 
 /// A numeric id, or a name looked up in `/etc/passwd` / `/etc/group` (third field).
