@@ -44,15 +44,7 @@ pub enum ServeError {
 /// `SKIP` only takes effect when `NR_BODY` was not negotiated (a skip is a reply).
 pub const OPTIONAL_PROTOCOL: ProtocolFlags = ProtocolFlags::HEADER_LEADING_SPACE
     .union(ProtocolFlags::SKIP)
-    .union(ProtocolFlags::NR_CONNECT)
-    .union(ProtocolFlags::NR_HELO)
-    .union(ProtocolFlags::NR_MAIL)
-    .union(ProtocolFlags::NR_RCPT)
-    .union(ProtocolFlags::NR_DATA)
-    .union(ProtocolFlags::NR_UNKNOWN)
-    .union(ProtocolFlags::NR_HEADER)
-    .union(ProtocolFlags::NR_EOH)
-    .union(ProtocolFlags::NR_BODY);
+    .union(ProtocolFlags::ALL_NO_REPLY);
 
 /// The milter negotiation request: header insert/delete, the macros the decision needs.
 pub fn request() -> Request {

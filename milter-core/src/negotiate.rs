@@ -115,21 +115,22 @@ impl Negotiated {
     /// Whether the MTA was asked not to send `command_code` (a `NO_*` flag, or an event the
     /// negotiated version lacks: UNKNOWN needs 3, DATA needs 4).
     pub fn skipped(&self, command_code: u8) -> bool {
-        let flag = match command_code {
-            code::CONNECT => ProtocolFlags::NO_CONNECT,
-            code::HELO => ProtocolFlags::NO_HELO,
-            code::MAIL => ProtocolFlags::NO_MAIL,
-            code::RCPT => ProtocolFlags::NO_RCPT,
-            code::DATA if self.version < 4 => return true,
-            code::DATA => ProtocolFlags::NO_DATA,
-            code::HEADER => ProtocolFlags::NO_HEADERS,
-            code::EOH => ProtocolFlags::NO_EOH,
-            code::BODY => ProtocolFlags::NO_BODY,
-            code::UNKNOWN if self.version < 3 => return true,
-            code::UNKNOWN => ProtocolFlags::NO_UNKNOWN,
-            _ => return false,
+        let version_lacks = match command_code {
+            code::DATA => self.version < 4,
+            code::UNKNOWN => self.version < 3,
+            _ => false,
         };
-        self.protocol.contains(flag)
+        version_lacks || skip_flag(command_code).is_some_and(|f| self.protocol.contains(f))
+    }
+
+    /// The macro names requested for `stage`, if a non-empty list was sent. (An empty list
+    /// does not silence Postfix: it falls back to its own list.)
+    pub fn macros_for(&self, stage: Stage) -> Option<&[String]> {
+        self.macros
+            .iter()
+            .rev()
+            .find(|m| m.stage == stage && !m.names.is_empty())
+            .map(|m| m.names.as_slice())
     }
 
     /// Whether header values pass unchanged both ways (`HEADER_LEADING_SPACE`): the milter
@@ -162,6 +163,22 @@ impl Negotiated {
             macros: self.macros.clone(),
         }
     }
+}
+
+/// The `NO_*` flag that asks the MTA not to send `command_code`, if there is one.
+pub fn skip_flag(command_code: u8) -> Option<ProtocolFlags> {
+    Some(match command_code {
+        code::CONNECT => ProtocolFlags::NO_CONNECT,
+        code::HELO => ProtocolFlags::NO_HELO,
+        code::MAIL => ProtocolFlags::NO_MAIL,
+        code::RCPT => ProtocolFlags::NO_RCPT,
+        code::DATA => ProtocolFlags::NO_DATA,
+        code::HEADER => ProtocolFlags::NO_HEADERS,
+        code::EOH => ProtocolFlags::NO_EOH,
+        code::BODY => ProtocolFlags::NO_BODY,
+        code::UNKNOWN => ProtocolFlags::NO_UNKNOWN,
+        _ => return None,
+    })
 }
 
 /// The `NR_*` flag that silences replies to `command_code`, if there is one.

@@ -22,9 +22,10 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 
 use crate::error::{Code, NegotiateError, Phase, ProtocolError, UsageError};
+use crate::negotiate::Negotiated;
 use crate::proto::command::{Command, ConnectInfo, Envelope, OptNeg, code, command_name};
 use crate::proto::flags::{Actions, ProtocolFlags, Stage};
-use crate::proto::reply::{MacroRequest, Modification, OptNegReply, Reply, Verdict};
+use crate::proto::reply::{Modification, OptNegReply, Reply, Verdict};
 use crate::wire::{DEFAULT_RECV_MAX, FrameDecoder, MAX_CHUNK};
 
 /// Macro lists per event, used for the stages the milter did not ask about.
@@ -131,79 +132,6 @@ impl Default for MtaConfig {
     }
 }
 
-/// What the milter answered to the offer, after validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MilterOptions {
-    /// The milter's version (at most the offer).
-    pub version: u32,
-    /// Actions the milter may use.
-    pub actions: Actions,
-    /// Steps and options the milter asked for.
-    pub protocol: ProtocolFlags,
-    /// Macro lists the milter asked for, per stage.
-    pub macros: Vec<MacroRequest>,
-}
-
-impl MilterOptions {
-    /// Whether header values travel with their leading space, both ways.
-    pub fn leading_space(&self) -> bool {
-        self.protocol.contains(ProtocolFlags::HEADER_LEADING_SPACE)
-    }
-
-    /// Whether the milter promised not to reply to this command.
-    pub fn no_reply(&self, command: u8) -> bool {
-        nr_flag(command).is_some_and(|f| self.protocol.contains(f))
-    }
-
-    /// Whether the milter asked not to receive this command (or its version lacks it).
-    pub fn skips(&self, command: u8) -> bool {
-        let version_lacks = match command {
-            code::DATA => self.version < 4,
-            code::UNKNOWN => self.version < 3,
-            _ => false,
-        };
-        version_lacks || no_flag(command).is_some_and(|f| self.protocol.contains(f))
-    }
-
-    fn macro_list(&self, stage: Stage) -> Option<&[String]> {
-        self.macros
-            .iter()
-            .rev()
-            .find(|m| m.stage == stage && !m.names.is_empty())
-            .map(|m| m.names.as_slice())
-    }
-}
-
-fn nr_flag(command: u8) -> Option<ProtocolFlags> {
-    Some(match command {
-        code::CONNECT => ProtocolFlags::NR_CONNECT,
-        code::HELO => ProtocolFlags::NR_HELO,
-        code::MAIL => ProtocolFlags::NR_MAIL,
-        code::RCPT => ProtocolFlags::NR_RCPT,
-        code::DATA => ProtocolFlags::NR_DATA,
-        code::HEADER => ProtocolFlags::NR_HEADER,
-        code::EOH => ProtocolFlags::NR_EOH,
-        code::BODY => ProtocolFlags::NR_BODY,
-        code::UNKNOWN => ProtocolFlags::NR_UNKNOWN,
-        _ => return None,
-    })
-}
-
-fn no_flag(command: u8) -> Option<ProtocolFlags> {
-    Some(match command {
-        code::CONNECT => ProtocolFlags::NO_CONNECT,
-        code::HELO => ProtocolFlags::NO_HELO,
-        code::MAIL => ProtocolFlags::NO_MAIL,
-        code::RCPT => ProtocolFlags::NO_RCPT,
-        code::DATA => ProtocolFlags::NO_DATA,
-        code::HEADER => ProtocolFlags::NO_HEADERS,
-        code::EOH => ProtocolFlags::NO_EOH,
-        code::BODY => ProtocolFlags::NO_BODY,
-        code::UNKNOWN => ProtocolFlags::NO_UNKNOWN,
-        _ => return None,
-    })
-}
-
 /// The stage whose macro list Postfix sends before a command.
 fn macro_stage(command: u8) -> Option<Stage> {
     Some(match command {
@@ -234,7 +162,7 @@ pub enum Sent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MtaEvent {
     /// The negotiation answer, validated.
-    Negotiated(MilterOptions),
+    Negotiated(Negotiated),
     /// The final answer to the pending command.
     Verdict {
         /// The command's code (`C`, `H`, `M`, ..., `E`).
@@ -296,7 +224,7 @@ pub struct MtaSession {
     state: State,
     /// The command whose reply is due.
     pending: Option<u8>,
-    options: Option<MilterOptions>,
+    options: Option<Negotiated>,
     macro_values: HashMap<String, Bytes>,
     skip_body: bool,
     modifications: usize,
@@ -370,15 +298,13 @@ impl MtaSession {
     }
 
     /// The milter's validated negotiation answer, once received.
-    pub fn options(&self) -> Option<&MilterOptions> {
+    pub fn options(&self) -> Option<&Negotiated> {
         self.options.as_ref()
     }
 
     /// Whether header values pass with their leading space (`HEADER_LEADING_SPACE`).
     pub fn leading_space(&self) -> bool {
-        self.options
-            .as_ref()
-            .is_some_and(MilterOptions::leading_space)
+        self.options.as_ref().is_some_and(Negotiated::leading_space)
     }
 
     /// Whether a reply is due from the milter.
@@ -657,7 +583,7 @@ impl MtaSession {
         if !o.macros.is_empty() && !o.actions.contains(Actions::SET_MACROS) {
             tracing::debug!("milter sent macro lists without asking for SETSYMLIST; using them");
         }
-        let options = MilterOptions {
+        let options = Negotiated {
             version: o.version,
             actions: o.actions,
             protocol: o.protocol,
@@ -782,7 +708,7 @@ impl MtaSession {
         self.send_macros(c);
         self.state = next;
         let (skips, no_reply) = match &self.options {
-            Some(o) => (o.skips(c), o.no_reply(c)),
+            Some(o) => (o.skipped(c), o.no_reply(c)),
             None => (false, false),
         };
         if skips {
@@ -799,7 +725,7 @@ impl MtaSession {
 
     fn send_macros(&mut self, command: u8) {
         let requested =
-            macro_stage(command).and_then(|s| self.options.as_ref().and_then(|o| o.macro_list(s)));
+            macro_stage(command).and_then(|s| self.options.as_ref().and_then(|o| o.macros_for(s)));
         let names = requested.unwrap_or_else(|| self.config.default_macros.for_command(command));
         let pairs = names
             .iter()
