@@ -5,7 +5,7 @@
 mod support;
 
 use stack_tests::postfix::Postfix;
-use stack_tests::swaks::swaks;
+use stack_tests::swaks::submit;
 use support::*;
 
 #[test]
@@ -15,26 +15,18 @@ fn submission_with_sasl_is_signed_and_verifies() {
     // No internal hosts: the 127.0.0.1 client signs only because it authenticated.
     let d = Daemon::start(keys.path(), "internal-hosts = []");
     let pf = Postfix::builder().submission(&d.spec()).start().unwrap();
-    let port = pf.submission_port().to_string();
-    let run = swaks(&[
-        "--server",
-        &format!("127.0.0.1:{port}"),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let run = submit(
+        pf.submission_port(),
+        ("user@example.test", "userpass"),
         "user@example.test",
-        "--auth-password",
-        "userpass",
-        "--from",
-        "user@example.test",
-        "--to",
         "friend@remote.test",
-        "--header",
-        "Subject: e2e submission",
-        "--body",
-        "Signed on submission.\nSecond line  \n",
-    ])
+        &[
+            "--header",
+            "Subject: e2e submission",
+            "--body",
+            "Signed on submission.\nSecond line  \n",
+        ],
+    )
     .unwrap();
     assert_eq!(
         run.final_reply().map(|r| r.code),

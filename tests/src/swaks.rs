@@ -75,3 +75,33 @@ pub fn swaks(args: &[&str]) -> Result<SwaksRun> {
         ),
     })
 }
+
+/// Sends one message the way a mail client submits it: STARTTLS, then AUTH PLAIN as
+/// `user`/`password` on `127.0.0.1:port`, then the envelope. `extra` holds further swaks
+/// arguments (`--header`, `--body`, `--ehlo`, ...).
+pub fn submit(
+    port: u16,
+    (user, password): (&str, &str),
+    from: &str,
+    to: &str,
+    extra: &[&str],
+) -> Result<SwaksRun> {
+    let server = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--server",
+        &server,
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+        "--from",
+        from,
+        "--to",
+        to,
+    ];
+    args.extend_from_slice(extra);
+    swaks(&args)
+}

@@ -5,7 +5,7 @@
 use stack_tests::postfix::Postfix;
 use stack_tests::recorder::MilterRecorder;
 use stack_tests::smtp::SmtpClient;
-use stack_tests::swaks::swaks;
+use stack_tests::swaks::submit;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -132,27 +132,20 @@ fn postfix37_milter_sessions_are_recorded() -> anyhow::Result<()> {
     pf.maildir("example.test", "other").wait_for(1, T)?;
 
     // Session 2 (submission): STARTTLS + AUTH PLAIN via swaks.
-    let run = swaks(&[
-        "--server",
-        &format!("127.0.0.1:{}", pf.submission_port()),
-        "--ehlo",
-        "laptop.example.test",
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let run = submit(
+        pf.submission_port(),
+        ("user@example.test", "userpass"),
         "user@example.test",
-        "--auth-password",
-        "userpass",
-        "--from",
-        "user@example.test",
-        "--to",
         "friend@remote.test",
-        "--header",
-        "Subject: golden frames, submission",
-        "--header",
-        "Message-Id: <golden-3@example.test>",
-    ])?;
+        &[
+            "--ehlo",
+            "laptop.example.test",
+            "--header",
+            "Subject: golden frames, submission",
+            "--header",
+            "Message-Id: <golden-3@example.test>",
+        ],
+    )?;
     assert_eq!(
         run.final_reply().map(|r| r.code),
         Some(250),

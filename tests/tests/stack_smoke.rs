@@ -5,7 +5,7 @@ use stack_tests::dkim::{dkimpy_verify, opendkim_genkey, opendkim_test_verify};
 use stack_tests::opendkim::OpenDkim;
 use stack_tests::postfix::Postfix;
 use stack_tests::rspamd::Rspamd;
-use stack_tests::swaks::swaks;
+use stack_tests::swaks::{submit, swaks};
 use std::time::Duration;
 
 type R = anyhow::Result<()>;
@@ -79,23 +79,13 @@ fn mx_port_delivers_to_maildir_and_refuses_relay() -> R {
 fn submission_with_tls_and_auth_reaches_the_sink() -> R {
     let pf = Postfix::builder().submission("").start()?;
     let subject = unique("smoke-sub");
-    let run = swaks(&[
-        "--server",
-        &server(pf.submission_port()),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let run = submit(
+        pf.submission_port(),
+        ("user@example.test", "userpass"),
         "user@example.test",
-        "--auth-password",
-        "userpass",
-        "--from",
-        "user@example.test",
-        "--to",
         "friend@remote.test",
-        "--header",
-        &format!("Subject: {subject}"),
-    ])?;
+        &["--header", &format!("Subject: {subject}")],
+    )?;
     assert!(
         run.transcript
             .contains("235 2.7.0 Authentication successful"),
@@ -136,21 +126,13 @@ fn submission_with_tls_and_auth_reaches_the_sink() -> R {
 #[test]
 fn submission_refuses_a_bad_password() -> R {
     let pf = Postfix::builder().submission("").start()?;
-    let run = swaks(&[
-        "--server",
-        &server(pf.submission_port()),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let run = submit(
+        pf.submission_port(),
+        ("user@example.test", "wrong-password"),
         "user@example.test",
-        "--auth-password",
-        "wrong-password",
-        "--from",
-        "user@example.test",
-        "--to",
         "friend@remote.test",
-    ])?;
+        &[],
+    )?;
     assert!(!run.status.success(), "{}", run.transcript);
     let r = run.final_reply().expect("a reply");
     assert_eq!(r.code, 535, "{}", run.transcript);
@@ -237,23 +219,13 @@ fn opendkim_signs_through_postfix_and_dkimpy_verifies() -> R {
         .non_smtpd_milters(&od.milter_spec())
         .start()?;
     let subject = unique("smoke-dkim");
-    let run = swaks(&[
-        "--server",
-        &server(pf.submission_port()),
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
+    let run = submit(
+        pf.submission_port(),
+        ("user@example.test", "userpass"),
         "user@example.test",
-        "--auth-password",
-        "userpass",
-        "--from",
-        "user@example.test",
-        "--to",
         "friend@remote.test",
-        "--header",
-        &format!("Subject: {subject}"),
-    ])?;
+        &["--header", &format!("Subject: {subject}")],
+    )?;
     assert_eq!(
         run.final_reply().map(|r| r.code),
         Some(250),

@@ -251,23 +251,13 @@ fn run_checks(pf: &Postfix, keys: &[DkimKey], milter: &DkimMilter) -> Result<usi
     c.record("submission is signed and verifies", {
         let subject = "stack-check-submission";
         (|| {
-            let run = swaks::swaks(&[
-                "--server",
-                &format!("127.0.0.1:{}", pf.submission_port()),
-                "--tls",
-                "--auth",
-                "PLAIN",
-                "--auth-user",
+            let run = swaks::submit(
+                pf.submission_port(),
+                ("user@example.test", "userpass"),
                 "user@example.test",
-                "--auth-password",
-                "userpass",
-                "--from",
-                "user@example.test",
-                "--to",
                 "friend@remote.test",
-                "--header",
-                &format!("Subject: {subject}"),
-            ])?;
+                &["--header", &format!("Subject: {subject}")],
+            )?;
             let code = run.final_reply().map(|r| r.code);
             if code != Some(250) {
                 bail!("submission answered {code:?}:\n{}", run.transcript);
