@@ -152,6 +152,10 @@ async fn replays_a_directory_with_a_sidecar_and_writes_the_modified_messages() {
         "From: b@example.org\nSubject: second\nX-Sender-Seen: from <bob@sidecar.test>\r\n\nbody b, bare LF\n"
     );
     assert!(!out_dir.join("notes.txt").exists());
+    assert!(
+        !out_dir.join("c.eml").exists(),
+        "a refused message is not written"
+    );
 }
 
 /// A fake milter on loopback: reads the OPTNEG, then answers with `answer`; when

@@ -6,6 +6,9 @@
 //!               [--concurrency N --count M] [--hidden-received TEXT] FILE_OR_DIR...
 //! ```
 //!
+//! With `--out DIR`, each message the milter lets through is written there, modified as the
+//! MTA would deliver it; refused and discarded messages are not written.
+//!
 //! Exit status: 0 when every message got an answer, 1 on protocol, I/O or timeout errors,
 //! 2 on bad arguments.
 
@@ -162,7 +165,10 @@ async fn replay(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitC
         match c.send_transaction(&tx).await {
             Ok(o) => {
                 print_outcome(&name, &o);
+                // Only what the MTA would deliver is written: a refused or discarded
+                // message has no modified form.
                 if let Some(out) = &args.out
+                    && o.accepted()
                     && let Some(file) = f.file_name()
                 {
                     let path = out.join(file);

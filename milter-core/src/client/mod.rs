@@ -353,9 +353,7 @@ impl MilterClient {
         {
             return self.finish(out, v);
         }
-        self.session
-            .set_macro("i", format!("{:010X}", queue_id(self.messages)));
-        // RCPT
+        // RCPT. Like Postfix, the queue id `i` exists only once a recipient was accepted.
         let mut accepted = 0usize;
         let mut last_refusal = None;
         for r in &env.recipients {
@@ -367,7 +365,13 @@ impl MilterClient {
             };
             let sent = self.session.rcpt(&args)?;
             match self.answer(sent, out).await? {
-                None | Some(Verdict::Continue) => accepted += 1,
+                None | Some(Verdict::Continue) => {
+                    accepted += 1;
+                    if accepted == 1 {
+                        self.session
+                            .set_macro("i", format!("{:010X}", queue_id(self.messages)));
+                    }
+                }
                 Some(v @ (Verdict::Reject | Verdict::Tempfail | Verdict::Reply(_))) => {
                     out.rejected_recipients
                         .push((bare_addr(r).to_owned(), v.clone()));
