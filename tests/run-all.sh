@@ -19,6 +19,7 @@ cargo clippy --workspace --all-targets --ignore-rust-version -- -D warnings
 
 step "cargo doc --workspace --no-deps (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --ignore-rust-version
+RUSTDOCFLAGS="-D warnings" cargo doc -p milter-core --all-features --no-deps --ignore-rust-version
 
 # Each stack test starts its own daemons (rspamd alone ~260 MB PSS); on the
 # 2-core CI machine more than a few at once only adds contention.

@@ -3,7 +3,7 @@
 //! it decided.
 //!
 //! The handler runs in the real per-connection server driver
-//! ([`serve_connection`](crate::server::serve_connection)) and the MTA side is the real
+//! ([`serve_connection`]) and the MTA side is the real
 //! [`MilterClient`], so every frame crosses the same code paths as in production:
 //! negotiation, macro frames before every event, no-reply stages, header leading space,
 //! modifications applied like Postfix.
