@@ -33,7 +33,8 @@ impl Args {
         let mut it = argv.into_iter();
         while let Some(flag) = it.next() {
             if flag == "-h" || flag == "--help" {
-                bail!("usage: {usage}");
+                println!("usage: {usage}");
+                std::process::exit(0);
             }
             let value = it
                 .next()
