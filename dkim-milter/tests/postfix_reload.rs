@@ -91,3 +91,56 @@ fn broken_config_on_sighup_keeps_serving_and_new_key_dir_is_picked_up() {
     assert!(d.terminate(), "{}", d.log());
     assert!(d.log().contains("server stopped"), "{}", d.log());
 }
+
+#[test]
+fn reload_between_messages_of_one_smtp_session_keeps_the_milter_connection() {
+    // Default policy: 127.0.0.1 is internal, so MX mail from our domains is signed.
+    let keys = tempfile::tempdir().unwrap();
+    let a = genkey(keys.path(), "a.test", "one", 2048);
+    let d = Daemon::start(keys.path(), "");
+    let pf = Postfix::builder().mx_milters(&d.spec()).start().unwrap();
+    let (mut c, _) = stack_tests::smtp::SmtpClient::connect(pf.mx_port()).unwrap();
+    c.expect("EHLO client.example", 250).unwrap();
+
+    c.expect("MAIL FROM:<x@a.test>", 250).unwrap();
+    c.expect("RCPT TO:<user@example.test>", 250).unwrap();
+    let r = c
+        .data(&message("x@a.test", "user@example.test", "before reload"))
+        .unwrap();
+    assert_eq!(r.code, 250, "{}", r.text);
+
+    // A new domain appears and the daemon reloads while Postfix holds the milter
+    // connection open for this SMTP session.
+    let b = genkey(keys.path(), "b.test", "new", 2048);
+    d.signal(libc::SIGHUP);
+    d.wait_lines("b.test: s=new rsa-2048", 1);
+
+    c.expect("MAIL FROM:<x@b.test>", 250).unwrap();
+    c.expect("RCPT TO:<user@example.test>", 250).unwrap();
+    let r = c
+        .data(&message("x@b.test", "user@example.test", "after reload"))
+        .unwrap();
+    assert_eq!(r.code, 250, "{}", r.text);
+    c.expect("QUIT", 221).unwrap();
+
+    let delivered = pf.maildir("example.test", "user").wait_for(2, T).unwrap();
+    let find = |subject: &str| {
+        delivered
+            .iter()
+            .find(|m| header_values(m, "Subject").iter().any(|s| s == subject))
+            .unwrap_or_else(|| panic!("{subject:?} not delivered"))
+            .clone()
+    };
+    assert_verifies(&find("before reload"), &[a.record()], 1);
+    assert_verifies(&find("after reload"), &[b.record()], 1);
+    // Both messages went over one milter connection: the reload dropped nothing.
+    let signed = d.wait_lines(": signed d=", 2);
+    let conn = |l: &str| {
+        l.split("milter_conn{id=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(conn(&signed[0]), conn(&signed[1]), "{signed:?}");
+    assert!(conn(&signed[0]).is_some(), "{signed:?}");
+}
