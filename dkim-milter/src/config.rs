@@ -283,9 +283,11 @@ pub struct Config {
     pub dual_sign: bool,
     /// Private key permission policy (OpenDKIM `RequireSafeKeys`).
     pub key_permissions: KeyPermissions,
-    /// Headers to sign (`h=`); absent ones are still listed, which stops them being added.
+    /// Headers to sign (`h=`) when present, as OpenDKIM's `SignHeaders`; absent ones are
+    /// not listed, so a mailing list may still add e.g. `List-Id`.
     pub sign_headers: Vec<String>,
-    /// Headers signed once more than present (From by default).
+    /// Headers signed once more than present (From by default): nobody can add one,
+    /// present or not (OpenDKIM's `OversignHeaders`).
     pub oversign_headers: Vec<String>,
     /// Largest message (bytes) buffered for verification; larger ones are passed unverified.
     pub verify_max_message_size: usize,

@@ -37,8 +37,10 @@ pub enum SignError {
 /// Signing options taken from the config.
 #[derive(Debug, Clone)]
 pub struct SignOptions {
-    /// `h=` list including oversigned repeats.
-    pub headers: Vec<String>,
+    /// Headers signed when present (`sign-headers`).
+    pub sign: Vec<String>,
+    /// Headers listed once more than present (`oversign-headers`), so none can be added.
+    pub oversign: Vec<String>,
     /// `c=` header.
     pub header_canon: mail_auth::dkim::Canonicalization,
     /// `c=` body.
@@ -48,16 +50,34 @@ pub struct SignOptions {
 }
 
 impl SignOptions {
-    /// From the config: sign-headers, then each oversign header once more.
+    /// From the config.
     pub fn from_config(cfg: &Config) -> SignOptions {
-        let mut headers = cfg.sign_headers.clone();
-        headers.extend(cfg.oversign_headers.iter().cloned());
         SignOptions {
-            headers,
+            sign: cfg.sign_headers.clone(),
+            oversign: cfg.oversign_headers.clone(),
             header_canon: cfg.canonicalization.header.to_mail_auth(),
             body_canon: cfg.canonicalization.body.to_mail_auth(),
             ttl: cfg.signature_ttl.map(std::time::Duration::from_secs),
         }
+    }
+}
+
+impl SignOptions {
+    /// The names to pass to the signer for a message with these header names: each
+    /// `sign` header that is present, then each `oversign` header once more.
+    ///
+    /// Absent `sign` headers are left out, as OpenDKIM does: listing them would seal the
+    /// message against headers a mailing list adds (`List-Id`, ...), which is what
+    /// `oversign-headers` is for when an operator wants it.
+    pub fn header_list(&self, present: &[&str]) -> Vec<String> {
+        let mut list: Vec<String> = self
+            .sign
+            .iter()
+            .filter(|h| present.iter().any(|p| p.eq_ignore_ascii_case(h)))
+            .cloned()
+            .collect();
+        list.extend(self.oversign.iter().cloned());
+        list
     }
 }
 
@@ -115,15 +135,17 @@ impl std::fmt::Debug for MessageSigner {
 }
 
 impl MessageSigner {
-    /// Starts signing with `keys` (RSA and Ed25519 may both be present).
-    pub fn new(keys: &[SignKey], opts: &SignOptions) -> MessageSigner {
+    /// Starts signing with `keys` (RSA and Ed25519 may both be present) a message whose
+    /// header names are `present` (the header block is complete before signing starts).
+    pub fn new(keys: &[SignKey], opts: &SignOptions, present: &[&str]) -> MessageSigner {
+        let header_list = opts.header_list(present);
         let active = keys
             .iter()
             .map(|k| {
                 let mut signer = DkimSigner::from_key(k.key.clone())
                     .domain(k.domain.clone())
                     .selector(k.selector.clone())
-                    .headers(opts.headers.iter().cloned())
+                    .headers(header_list.iter().cloned())
                     .header_canonicalization(opts.header_canon)
                     .body_canonicalization(opts.body_canon);
                 if let Some(ttl) = opts.ttl {
@@ -269,7 +291,8 @@ mod tests {
             ("Message-ID", b" <1@example.com>"),
         ];
         let body: [&[u8]; 2] = [b"Hello  world \r\n\r\nline", b" two\r\n\r\n\r\n"];
-        let mut s = MessageSigner::new(keys, &SignOptions::from_config(cfg));
+        let names: Vec<&str> = headers.iter().map(|(n, _)| *n).collect();
+        let mut s = MessageSigner::new(keys, &SignOptions::from_config(cfg), &names);
         let mut raw = Vec::new();
         for (n, v) in headers {
             s.header(n, v).unwrap();
@@ -327,6 +350,18 @@ mod tests {
                 .filter(|x| x.trim().eq_ignore_ascii_case("from"))
                 .count();
             assert_eq!(froms, 2, "{h}");
+            // Only present headers are signed (plus the oversigned From).
+            let mut names: Vec<String> = h
+                .split(':')
+                .map(|x| x.trim().to_ascii_lowercase())
+                .collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(
+                names,
+                ["date", "from", "message-id", "subject", "to"],
+                "{h}"
+            );
         }
         let v = Verifier::with_authenticator(
             mail_auth::MessageAuthenticator::new_system_conf().unwrap(),
@@ -388,7 +423,11 @@ mod tests {
             &crate::keys::tests::openssl(&["genpkey", "-algorithm", "ED25519"]),
             "s",
         );
-        let mut s = MessageSigner::new(&[k], &SignOptions::from_config(&Config::default()));
+        let mut s = MessageSigner::new(
+            &[k],
+            &SignOptions::from_config(&Config::default()),
+            &["From"],
+        );
         s.header("From", b" a@example.com").unwrap();
         s.body(b"x\r\n");
         assert!(matches!(

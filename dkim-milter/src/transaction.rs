@@ -142,7 +142,8 @@ impl Transaction {
         } else {
             match &decision.action {
                 Action::Sign(keys) => {
-                    let mut s = MessageSigner::new(keys, &st.sign_options);
+                    let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+                    let mut s = MessageSigner::new(keys, &st.sign_options, &names);
                     for (n, v) in &self.headers {
                         // Headers before the body cannot fail.
                         let _ = s.header(n, v);
