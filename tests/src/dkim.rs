@@ -166,16 +166,38 @@ pub fn opendkim_test_verify(message: &[u8], records: &[(String, String)]) -> Res
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The exit code is 0 even on failure: read the per-signature lines.
+    // The exit code is 0 even on failure: read the per-signature lines. With several
+    // signatures `-vvv` prints one "verification" line only, so every signature must also
+    // have its own `dkim=pass` in the Authentication-Results OpenDKIM adds.
     let lines: Vec<String> = output
         .lines()
         .filter(|l| l.contains("verification (") || l.contains("not signed"))
         .map(str::to_string)
         .collect();
-    let all_pass = !lines.is_empty() && lines.iter().all(|l| l.contains("succeeded"));
+    let signatures = header_block(message)
+        .split(|&b| b == b'\n')
+        .filter(|l| {
+            l.get(..15)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"dkim-signature:"))
+        })
+        .count();
+    let all_pass = !lines.is_empty()
+        && lines.iter().all(|l| l.contains("succeeded"))
+        && output.matches("dkim=pass").count() == signatures
+        && !output.contains("dkim=fail");
     Ok(Verdict {
         all_pass,
         lines,
         output,
     })
+}
+
+/// The message's header block (up to the first empty line).
+fn header_block(message: &[u8]) -> &[u8] {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| message.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(message.len());
+    message.get(..end).unwrap_or(message)
 }
