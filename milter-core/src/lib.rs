@@ -4,7 +4,8 @@
 //! command and reply, [`negotiate`] settles options, and [`session`] enforces the reply
 //! discipline on both sides. The tokio [`server`] runs [`Milter`] handlers; the tokio
 //! [`client`] plays the MTA for replay, tests and load; the `testing` feature pairs the two
-//! in memory so a handler can be unit tested without sockets.
+//! in memory so a handler can be unit tested without sockets. [`metrics`] counts what the
+//! server does (and what a daemon adds) for a Prometheus scrape.
 //!
 //! A milter is a [`Milter`] implementation; every callback has a default, so a milter
 //! implements only what it needs:
@@ -43,6 +44,8 @@ pub mod client;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "testing")]
