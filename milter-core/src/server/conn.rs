@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use super::ShutdownHandle;
 use super::limits::{Limits, Timeouts};
+use super::metrics::{CloseReason, ConnectionTally, ServerMetrics, stage_index, verdict_kind};
 use crate::error::{Error, ProtocolError, UsageError};
 use crate::handler::{Context, EomActions, Milter};
 use crate::proto::flags::Actions;
@@ -31,6 +32,8 @@ pub struct ConnectionConfig {
     pub connection_id: u64,
     /// When triggered, the connection closes as soon as no message is in flight.
     pub shutdown: ShutdownHandle,
+    /// Where the connection counts itself (`None`: not counted).
+    pub metrics: Option<ServerMetrics>,
 }
 
 /// Serves one accepted connection until the MTA quits, the connection fails, or a
@@ -51,6 +54,8 @@ where
     M: Milter,
 {
     let span = tracing::Span::current();
+    let metrics = config.metrics.as_ref();
+    let mut tally = ConnectionTally::open(metrics);
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut conn = Conn {
         session: MilterSession::new(SessionConfig {
@@ -64,8 +69,21 @@ where
         id: config.connection_id,
         span: &span,
         progress_every: config.timeouts.progress_interval,
+        metrics,
     };
     let outcome = conn.run(&mut rd, &mut wr, factory, config).await;
+    tally.close(match &outcome {
+        Ok(Closed::Quit) => CloseReason::Quit,
+        Ok(Closed::Eof) => CloseReason::Eof,
+        Ok(Closed::Shutdown) => CloseReason::Shutdown,
+        Err(Error::Protocol(_)) => CloseReason::ProtocolError,
+        Err(Error::Timeout(_)) => CloseReason::Timeout,
+        Err(Error::Io(_)) => CloseReason::IoError,
+        Err(_) => CloseReason::UsageError,
+    });
+    if let (Some(m), Err(e)) = (metrics, &outcome) {
+        m.error(e);
+    }
     match &outcome {
         Ok(Closed::Quit) => tracing::debug!("connection closed: the MTA quit"),
         Ok(Closed::Eof) => tracing::debug!("connection closed by the MTA"),
@@ -100,6 +118,7 @@ struct Conn<'s, M> {
     id: u64,
     span: &'s tracing::Span,
     progress_every: Duration,
+    metrics: Option<&'s ServerMetrics>,
 }
 
 /// Builds the handler's context from the connection's parts (a macro, because the context
@@ -186,6 +205,9 @@ impl<M: Milter> Conn<'_, M> {
         if message_event && !self.in_message {
             self.message += 1;
             self.in_message = true;
+            if let Some(m) = self.metrics {
+                m.message_started();
+            }
         }
         let (stage, verdict) = match event {
             Event::Negotiate(offer) => {
@@ -256,11 +278,15 @@ impl<M: Milter> Conn<'_, M> {
             .map(|n| n.actions)
             .unwrap_or(Actions::empty());
         let mut actions = EomActions::new(allowed);
+        let started = Instant::now();
         let verdict = {
             let ctx = ctx!(self);
             let fut = self.milter.eom(&ctx, &mut actions);
             with_progress(fut, wr, self.progress_every).await?
         };
+        if let Some(m) = self.metrics {
+            m.eom_took(started.elapsed());
+        }
         for m in actions.into_modifications() {
             let name = m.name();
             if let Err(e) = self.session.modify(m) {
@@ -279,8 +305,12 @@ impl<M: Milter> Conn<'_, M> {
     /// tempfail where an answer is due, so the stream stays in step.
     fn answer(&mut self, stage: &'static str, verdict: Verdict) -> Result<(), Error> {
         let name = verdict.name();
+        let kind = verdict_kind(&verdict);
         let Err(e) = self.session.reply(verdict) else {
             tracing::trace!(stage, verdict = name, "answered");
+            if let Some(m) = self.metrics {
+                m.answered(stage_index(stage), kind);
+            }
             return Ok(());
         };
         if !self.session.reply_due() {
@@ -300,7 +330,11 @@ impl<M: Milter> Conn<'_, M> {
         );
         self.session
             .reply(Verdict::Tempfail)
-            .map_err(|e: UsageError| Error::Usage(e))
+            .map_err(|e: UsageError| Error::Usage(e))?;
+        if let Some(m) = self.metrics {
+            m.answered(stage_index(stage), verdict_kind(&Verdict::Tempfail));
+        }
+        Ok(())
     }
 
     async fn call_abort(&mut self) {

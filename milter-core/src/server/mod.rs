@@ -23,6 +23,8 @@
 //! - A peer's malformed frame, out-of-order command, timeout or I/O error closes that
 //!   connection only, with one log line giving the reason. A panicking handler closes its
 //!   connection only, logged.
+//! - Every connection, message, verdict, protocol error and timeout is counted in
+//!   [`Server::metrics`] (see [`ServerMetrics`] for the names).
 //! - On SIGTERM/SIGINT (or [`ShutdownHandle::shutdown`]) the server stops accepting,
 //!   closes idle connections, lets messages in flight finish until the deadline, then
 //!   closes the rest. Unix socket files it created are removed.
@@ -30,6 +32,7 @@
 mod conn;
 mod endpoint;
 mod limits;
+mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +46,11 @@ use tracing::Instrument;
 pub use conn::{ConnectionConfig, serve_connection};
 pub use endpoint::{BoundAddr, Endpoint, UnixSocketOptions};
 pub use limits::{Limits, Timeouts};
+pub use metrics::ServerMetrics;
 
 use crate::error::Error;
 use crate::handler::Milter;
+use crate::metrics::Registry;
 use endpoint::Listener;
 
 /// Asks a server to shut down gracefully; clones share the request.
@@ -86,6 +91,7 @@ pub struct Builder {
     shutdown_deadline: Duration,
     handle_signals: bool,
     shutdown: ShutdownHandle,
+    registry: Option<Registry>,
 }
 
 impl Builder {
@@ -145,6 +151,15 @@ impl Builder {
         self
     }
 
+    /// Counts into `registry` (shared with the daemon's own metrics and its
+    /// [`MetricsServer`](crate::metrics::http::MetricsServer)); without it the server counts
+    /// into a registry of its own. Either way [`Server::metrics`] returns it; the names
+    /// are listed at [`ServerMetrics`].
+    pub fn metrics(mut self, registry: Registry) -> Builder {
+        self.registry = Some(registry);
+        self
+    }
+
     /// Binds every address. Errors name the address and the reason (in use, permission,
     /// not a socket, ...).
     pub async fn bind(self) -> Result<Server, Error> {
@@ -154,6 +169,8 @@ impl Builder {
                 reason: "no listen address given".into(),
             });
         }
+        let registry = self.registry.unwrap_or_default();
+        let metrics = ServerMetrics::register(&registry)?;
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for ep in &self.endpoints {
             let l = endpoint::bind(ep, &self.unix).await?;
@@ -167,6 +184,8 @@ impl Builder {
             shutdown_deadline: self.shutdown_deadline,
             handle_signals: self.handle_signals,
             shutdown: self.shutdown,
+            registry,
+            metrics,
         })
     }
 
@@ -189,6 +208,8 @@ pub struct Server {
     shutdown_deadline: Duration,
     handle_signals: bool,
     shutdown: ShutdownHandle,
+    registry: Registry,
+    metrics: ServerMetrics,
 }
 
 impl Server {
@@ -203,6 +224,7 @@ impl Server {
             shutdown_deadline: Duration::from_secs(30),
             handle_signals: true,
             shutdown: ShutdownHandle::new(),
+            registry: None,
         }
     }
 
@@ -214,6 +236,12 @@ impl Server {
     /// A handle that shuts this server down gracefully.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
+    }
+
+    /// The registry the server counts into (see [`Builder::metrics`]); render it, or
+    /// serve it with [`MetricsServer`](crate::metrics::http::MetricsServer).
+    pub fn metrics(&self) -> &Registry {
+        &self.registry
     }
 
     /// Serves until shutdown is requested, then drains: returns once every connection has
@@ -238,6 +266,7 @@ impl Server {
                 limits: self.limits,
                 connection_id: 0,
                 shutdown: shutdown.clone(),
+                metrics: Some(self.metrics),
             },
         });
         let mut accepts = tokio::task::JoinSet::new();
