@@ -396,6 +396,14 @@ impl KeyStore {
         }
     }
 
+    /// Number of domains (dir layout) or KeyTable keys whose key could not be loaded.
+    pub fn broken_count(&self) -> usize {
+        match &self.source {
+            Source::Dir(d) => d.values().filter(|r| r.is_err()).count(),
+            Source::Tables { keys, .. } => keys.values().filter(|r| r.is_err()).count(),
+        }
+    }
+
     /// Keys for a From address (`user@domain`, domain lowercased by the caller or not).
     pub fn lookup(&self, from_address: &str) -> Lookup {
         let from_address = from_address.to_ascii_lowercase();

@@ -9,6 +9,7 @@ pub mod decision;
 pub mod keygen;
 pub mod keys;
 pub mod keystore;
+pub mod metrics;
 pub mod milter;
 pub mod reload;
 pub mod sign;

@@ -51,6 +51,83 @@ pub struct EomOutcome {
     pub tempfail: Option<String>,
     /// The one log line for this message.
     pub log: String,
+    /// What happened, in bounded kinds, for the metrics.
+    pub tally: Tally,
+}
+
+/// What happened to one message, as the metrics count it: bounded kinds, never free
+/// text or domains (a hostile sender must not grow the label sets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// `a=` of each signature added.
+    pub signed: Vec<&'static str>,
+    /// Why no signature was added (`None` when signed).
+    pub not_signed: Option<NotSigned>,
+    /// Verification result of each signature; one `none` for a message without any.
+    pub verified: Vec<&'static str>,
+}
+
+/// Why a message was not signed, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotSigned {
+    /// Not from one of ours (verified instead).
+    External,
+    /// Ours, but no usable From address.
+    NoFromAddress,
+    /// Ours, but no key for the From domain.
+    NoKey,
+    /// Ours, but the domain's key is broken.
+    KeyError,
+    /// The SASL login is not in the From domain.
+    SaslDomainMismatch,
+    /// The mode excludes signing.
+    ModeDisabled,
+    /// The header block was larger than [`MAX_HEADER_BYTES`].
+    HeadersTooLarge,
+    /// Signing itself failed.
+    SigningFailed,
+}
+
+impl NotSigned {
+    /// Every kind, in label order.
+    pub const ALL: [NotSigned; 8] = [
+        NotSigned::External,
+        NotSigned::NoFromAddress,
+        NotSigned::NoKey,
+        NotSigned::KeyError,
+        NotSigned::SaslDomainMismatch,
+        NotSigned::ModeDisabled,
+        NotSigned::HeadersTooLarge,
+        NotSigned::SigningFailed,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            NotSigned::External => "external",
+            NotSigned::NoFromAddress => "no_from_address",
+            NotSigned::NoKey => "no_key",
+            NotSigned::KeyError => "key_error",
+            NotSigned::SaslDomainMismatch => "sasl_domain_mismatch",
+            NotSigned::ModeDisabled => "mode_disabled",
+            NotSigned::HeadersTooLarge => "headers_too_large",
+            NotSigned::SigningFailed => "signing_failed",
+        }
+    }
+
+    /// The kind of a decision's reason. `Ours` (a signing decision) cannot be a reason
+    /// not to sign; it maps to `SigningFailed`, the only way it ends unsigned.
+    pub fn of(reason: &Reason) -> NotSigned {
+        match reason {
+            Reason::External => NotSigned::External,
+            Reason::NoFromAddress => NotSigned::NoFromAddress,
+            Reason::NoKey => NotSigned::NoKey,
+            Reason::KeyError { .. } => NotSigned::KeyError,
+            Reason::SaslDomainMismatch { .. } => NotSigned::SaslDomainMismatch,
+            Reason::ModeDisabled(_) => NotSigned::ModeDisabled,
+            Reason::Ours(_) => NotSigned::SigningFailed,
+        }
+    }
 }
 
 /// One message.
@@ -210,6 +287,7 @@ impl Transaction {
             out.log = format!(
                 "{tag}: not signed or verified: header block larger than {MAX_HEADER_BYTES} bytes"
             );
+            out.tally.not_signed = Some(NotSigned::HeadersTooLarge);
             return out;
         }
         match std::mem::replace(&mut self.work, Work::Nothing) {
@@ -221,6 +299,7 @@ impl Transaction {
                         .collect();
                     // Inserted at 0 one after the other: insert in reverse so the
                     // first signature ends up on top.
+                    out.tally.signed = sigs.iter().map(|s| s.algorithm).collect();
                     for s in sigs.into_iter().rev() {
                         out.insert_top.push((s.name, strip(s.value)));
                     }
@@ -228,6 +307,7 @@ impl Transaction {
                 }
                 Err(e) => {
                     out.log = format!("{tag}: not signed: {e}");
+                    out.tally.not_signed = Some(NotSigned::SigningFailed);
                     if st.config.on_key_error == OnKeyError::Tempfail {
                         out.tempfail = Some("4.7.0 DKIM signing failed, try again later".into());
                         out.log.push_str("; tempfail");
@@ -250,6 +330,14 @@ impl Transaction {
                 };
                 for idx in self.forged.forged_indexes() {
                     out.delete.push(("Authentication-Results", idx));
+                }
+                out.tally.not_signed = Some(NotSigned::of(&reason));
+                if let Some(r) = &report {
+                    out.tally.verified = if r.results.is_empty() {
+                        vec!["none"]
+                    } else {
+                        r.results.iter().map(|s| s.result).collect()
+                    };
                 }
                 match report {
                     Some(r) => {
@@ -275,6 +363,7 @@ impl Transaction {
                     Some(Action::KeyError)
                 );
                 out.log = format!("{tag}: not signed: {reason}");
+                out.tally.not_signed = Some(NotSigned::of(&reason));
                 if key_error {
                     if st.config.on_key_error == OnKeyError::Tempfail {
                         out.tempfail =
@@ -368,6 +457,13 @@ mod tests {
         let out = tx.end_of_message(None).await;
         assert_eq!(out.tempfail, None);
         assert_eq!(out.insert_top.len(), 1);
+        assert_eq!(
+            out.tally,
+            Tally {
+                signed: vec!["rsa-sha256"],
+                ..Tally::default()
+            }
+        );
         assert!(out.log.starts_with("ABC123: from=joe@example.com: signed d=example.com s=sel a=rsa-sha256 (authenticated sender)"), "{}", out.log);
 
         // Inbound from a stranger: verified, and an A-R claiming our id is removed.
@@ -408,6 +504,14 @@ mod tests {
         feed(&mut rx, &hs, body);
         let out = rx.end_of_message(Some(&v)).await;
         assert_eq!(out.delete, vec![("Authentication-Results", 1)]);
+        assert_eq!(
+            out.tally,
+            Tally {
+                signed: vec![],
+                not_signed: Some(NotSigned::External),
+                verified: vec!["pass"],
+            }
+        );
         assert_eq!(out.insert_top.len(), 1);
         assert!(
             out.insert_top[0]
@@ -445,6 +549,8 @@ mod tests {
             assert_eq!(out.tempfail.is_some(), tempfail, "{}", out.log);
             assert!(out.insert_top.is_empty());
             assert!(out.log.contains("key error for example.com"), "{}", out.log);
+            assert_eq!(out.tally.not_signed, Some(NotSigned::KeyError));
+            assert!(out.tally.signed.is_empty() && out.tally.verified.is_empty());
         }
     }
 
@@ -470,6 +576,8 @@ mod tests {
             "{}",
             out.log
         );
+        assert_eq!(out.tally.not_signed, Some(NotSigned::External));
+        assert!(out.tally.verified.is_empty(), "mode sign: not verified");
     }
 
     #[tokio::test]
