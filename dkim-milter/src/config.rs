@@ -229,6 +229,28 @@ impl std::fmt::Display for Cidr {
     }
 }
 
+/// A `metrics-listen` address, checked when the file is read (so errors carry the line).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MetricsListen(String);
+
+impl MetricsListen {
+    /// The address as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MetricsListen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match milter_core::metrics::http::parse_listen(&s) {
+            Ok(_) => Ok(MetricsListen(s)),
+            Err(e) => Err(format!("metrics-listen: {e}")),
+        }
+    }
+}
+
 /// Per-domain overrides (`[domain."example.com"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -295,6 +317,9 @@ pub struct Config {
     pub log_level: String,
     /// Seconds between checks of the config, tables and keys dir for changes.
     pub reload_poll_seconds: u64,
+    /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
+    /// port means 127.0.0.1). Unset: no metrics endpoint. Read at start only.
+    pub metrics_listen: Option<MetricsListen>,
     /// FOR TESTS: a file of `name record` lines (e.g. `sel._domainkey.example.com v=DKIM1;
     /// k=rsa; p=…`) whose TXT records the verifier uses instead of DNS. Read at start.
     pub dns_override_file: Option<PathBuf>,
@@ -367,6 +392,7 @@ impl Default for Config {
             verify_max_message_size: 10 * 1024 * 1024,
             log_level: "info".into(),
             reload_poll_seconds: 5,
+            metrics_listen: None,
             dns_override_file: None,
             domain: BTreeMap::new(),
         }
@@ -564,6 +590,17 @@ selectors = ["2025", "ed"]
         assert_eq!(
             p("socket-mode = \"0660\"").unwrap().socket_mode_bits(),
             Some(0o660)
+        );
+
+        let e = p("log-level = \"info\"\nmetrics-listen = \"unix:/run/m.sock\"").unwrap_err();
+        assert!(e.to_string().starts_with("/etc/dkim-milter.toml:2:"), "{e}");
+        assert!(e.to_string().contains("TCP only"), "{e}");
+        assert_eq!(
+            p("metrics-listen = \"9102\"")
+                .unwrap()
+                .metrics_listen
+                .map(|m| m.as_str().to_owned()),
+            Some("9102".to_owned())
         );
 
         let e = p("sign-headers = [\"Subject\"]").unwrap_err();

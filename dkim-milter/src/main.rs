@@ -165,10 +165,22 @@ fn serve(state: State, config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        let registry = milter_core::metrics::Registry::new();
+        let metrics = match dkim_milter::metrics::DkimMetrics::new(&registry) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("metrics: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let shared: dkim_milter::reload::Shared =
             std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(state));
-        tokio::spawn(dkim_milter::reload::watch(shared.clone(), config_path));
-        match dkim_milter::milter::serve(shared, None).await {
+        tokio::spawn(dkim_milter::reload::watch(
+            shared.clone(),
+            config_path,
+            metrics.clone(),
+        ));
+        match dkim_milter::milter::serve(shared, None, metrics).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!("{e}");

@@ -11,11 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use milter_core::handler::{Context, EomActions, Milter};
+use milter_core::metrics::http::MetricsServer;
 use milter_core::negotiate::{Offer, Request};
 use milter_core::proto::command::code;
 use milter_core::server::{Server, ShutdownHandle, UnixSocketOptions};
 use milter_core::{Actions, ConnectInfo, Envelope, ProtocolFlags, SocketInfo, Stage, Verdict};
 
+use crate::metrics::DkimMetrics;
 use crate::reload::Shared;
 use crate::transaction::{EomOutcome, Facts, Transaction};
 use crate::verify::{Caches, Verifier};
@@ -26,6 +28,9 @@ pub enum ServeError {
     /// Binding or serving failed (bad socket address, address in use, permissions).
     #[error("milter server: {0}")]
     Server(#[from] milter_core::Error),
+    /// The metrics could not be registered (a bug: the names are fixed).
+    #[error("metrics: {0}")]
+    Metrics(#[from] milter_core::metrics::MetricsError),
     /// The DNS override file (a test hook) could not be read.
     #[error("dns-override-file {path}: {reason}")]
     DnsOverride {
@@ -62,6 +67,7 @@ pub fn request() -> Request {
 pub struct DkimMilter {
     shared: Shared,
     verifier: Option<Arc<Verifier>>,
+    metrics: Option<DkimMetrics>,
     leadspc: bool,
     client_addr: Option<IpAddr>,
     daemon_name: Option<String>,
@@ -89,11 +95,18 @@ impl DkimMilter {
         DkimMilter {
             shared,
             verifier,
+            metrics: None,
             leadspc: false,
             client_addr: None,
             daemon_name: None,
             tx: None,
         }
+    }
+
+    /// Counts each message's outcome in `metrics`.
+    pub fn with_metrics(mut self, metrics: DkimMetrics) -> DkimMilter {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The transaction, started here if MAIL was not seen (a MTA that skips MAIL).
@@ -217,6 +230,9 @@ impl Milter for DkimMilter {
             return Verdict::Continue;
         };
         let out = tx.end_of_message(self.verifier.as_deref()).await;
+        if let Some(m) = &self.metrics {
+            m.message(&out.tally);
+        }
         apply_outcome(&out, actions)
     }
 
@@ -268,8 +284,13 @@ pub fn build_verifier(dns_override: Option<&Path>) -> Result<Option<Verifier>, S
 }
 
 /// Serves the milter protocol with the shared state until SIGTERM/SIGINT (or `shutdown`),
-/// then lets messages in flight finish.
-pub async fn serve(shared: Shared, shutdown: Option<ShutdownHandle>) -> Result<(), ServeError> {
+/// then lets messages in flight finish. The server counts into `metrics`' registry, which
+/// `metrics-listen` (when set) serves on `GET /metrics`.
+pub async fn serve(
+    shared: Shared,
+    shutdown: Option<ShutdownHandle>,
+    metrics: DkimMetrics,
+) -> Result<(), ServeError> {
     let st = shared.load_full();
     let verifier = if st.config.mode.verifies() {
         build_verifier(st.config.dns_override_file.as_deref())?.map(Arc::new)
@@ -283,11 +304,21 @@ pub async fn serve(shared: Shared, shutdown: Option<ShutdownHandle>) -> Result<(
     let mut builder = Server::builder()
         .listen(&st.config.socket)?
         .unix_socket(unix)
-        .shutdown_deadline(Duration::from_secs(30));
+        .shutdown_deadline(Duration::from_secs(30))
+        .metrics(metrics.registry().clone());
     if let Some(h) = shutdown {
         builder = builder.shutdown_handle(h);
     }
     let server = builder.bind().await?;
+    metrics.keys(&st);
+    if let Some(spec) = &st.config.metrics_listen {
+        let endpoint = MetricsServer::bind(spec.as_str(), metrics.registry().clone()).await?;
+        tracing::info!(
+            "dkim-milter metrics on http://{}/metrics",
+            endpoint.local_addr()
+        );
+        tokio::spawn(endpoint.serve(server.shutdown_handle()));
+    }
     for a in server.local_addrs() {
         tracing::info!(
             "dkim-milter listening on {a}; {} signing domain(s)/key(s); authserv-id {}",
@@ -297,7 +328,9 @@ pub async fn serve(shared: Shared, shutdown: Option<ShutdownHandle>) -> Result<(
     }
     drop(st);
     server
-        .serve(move || DkimMilter::new(shared.clone(), verifier.clone()))
+        .serve(move || {
+            DkimMilter::new(shared.clone(), verifier.clone()).with_metrics(metrics.clone())
+        })
         .await?;
     Ok(())
 }

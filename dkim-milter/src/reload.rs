@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError};
 use crate::keystore::{KeyStore, StoreError};
+use crate::metrics::DkimMetrics;
 use crate::sign::SignOptions;
 use crate::tables::parse_spec;
 
@@ -170,8 +171,9 @@ pub fn reload_now(shared: &Shared, config_path: Option<&Path>, why: &str) -> boo
 }
 
 /// Runs forever: reload on SIGHUP and when [`fingerprint`] changes (polled every
-/// `reload-poll-seconds`). Must run inside a tokio runtime.
-pub async fn watch(shared: Shared, config_path: Option<PathBuf>) {
+/// `reload-poll-seconds`), counting each attempt in `metrics`. Must run inside a tokio
+/// runtime.
+pub async fn watch(shared: Shared, config_path: Option<PathBuf>, metrics: DkimMetrics) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -205,8 +207,10 @@ pub async fn watch(shared: Shared, config_path: Option<PathBuf>) {
         } else {
             "SIGHUP"
         };
-        let _ =
+        let ok =
             tokio::task::spawn_blocking(move || reload_now(&shared2, path.as_deref(), why_s)).await;
+        metrics.reloaded(ok.unwrap_or(false));
+        metrics.keys(&shared.load());
         // Remember what we tried, so a broken file is not retried every poll. (After a
         // successful reload that changed which paths are watched, the next poll reloads
         // once more; harmless.)
@@ -275,7 +279,9 @@ mod tests {
         )
         .unwrap();
         let shared: Shared = Arc::new(ArcSwap::from_pointee(State::build(Some(&cfgp)).unwrap()));
-        let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone())));
+        let registry = milter_core::metrics::Registry::new();
+        let metrics = DkimMetrics::new(&registry).unwrap();
+        let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone()), metrics));
         assert!(selectors(&shared, "x@example.org").is_empty());
         genkey(&keys, "example.org", "new");
         let mut ok = false;
@@ -286,7 +292,46 @@ mod tests {
                 break;
             }
         }
-        task.abort();
         assert!(ok, "new domain picked up by the poller");
+        let value = |text: &str, series: &str| -> Option<u64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        };
+        // Let the counter catch up with the swap (and any second poll settle).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let text = registry.render();
+        // One reload, or two if a poll caught the key directory half written.
+        let oks = value(&text, "dkim_milter_reloads_total{result=\"ok\"}").unwrap_or(0);
+        assert!((1..=2).contains(&oks), "{text}");
+        assert_eq!(value(&text, "dkim_milter_keys_loaded"), Some(2), "{text}");
+
+        // A broken file is tried once (not every poll), counted as failed; the gauges
+        // keep describing the state still serving.
+        std::fs::write(&cfgp, "keys-dir = 5\n").unwrap();
+        let mut failed = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if registry
+                .render()
+                .contains("dkim_milter_reloads_total{result=\"failed\"} 1\n")
+            {
+                failed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        task.abort();
+        let text = registry.render();
+        assert!(failed, "{text}");
+        assert!(
+            text.contains("dkim_milter_reloads_total{result=\"failed\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(
+            value(&text, "dkim_milter_reloads_total{result=\"ok\"}"),
+            Some(oks),
+            "{text}"
+        );
+        assert_eq!(value(&text, "dkim_milter_keys_loaded"), Some(2), "{text}");
     }
 }
