@@ -1,52 +1,13 @@
 //! Each example binary, started with its CLI flags on a unix socket, driven through whole
 //! milter sessions by an independent MTA-side peer (indymilter-test, GPL, test-only).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod support;
+use support::{Running, start};
+
+use std::process::Command;
 use std::time::Duration;
 
 use indymilter_test::{Actions, Status, TestConnection};
-
-/// A running example; killed (SIGKILL) on drop.
-struct Running {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(bin: &str, args: &[&str]) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("milter.sock");
-    let child = Command::new(bin)
-        .arg("--socket")
-        .arg(format!("unix:{}", socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn example");
-    let mut running = Running {
-        child,
-        socket,
-        _dir: dir,
-    };
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(&running.socket).is_ok() {
-            return running;
-        }
-        if let Ok(Some(status)) = running.child.try_wait() {
-            panic!("{bin} exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{bin} did not listen on {}", running.socket.display());
-}
 
 async fn open(r: &Running) -> TestConnection {
     let mut c = TestConnection::configure()

@@ -7,55 +7,14 @@
 //! from what it received); and the applied output is byte-exact apart from the
 //! modification, odd line endings and malformed header blocks included.
 
+mod support;
+use support::start;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use milter_core::client::{ClientConfig, Envelope, MilterClient};
 use milter_core::{Modification, Verdict};
-
-/// A running example binary on a unix socket; killed on drop.
-struct Running {
-    child: Child,
-    socket: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(bin: &str, args: &[&str]) -> Running {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let socket = dir.path().join("milter.sock");
-    let child = Command::new(bin)
-        .arg("--socket")
-        .arg(format!("unix:{}", socket.display()))
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn example");
-    let mut running = Running {
-        child,
-        socket,
-        _dir: dir,
-    };
-    for _ in 0..200 {
-        if std::os::unix::net::UnixStream::connect(&running.socket).is_ok() {
-            return running;
-        }
-        if let Ok(Some(status)) = running.child.try_wait() {
-            panic!("{bin} exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("{bin} did not listen on {}", running.socket.display());
-}
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/mail-parser");

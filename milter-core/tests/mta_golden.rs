@@ -26,6 +26,11 @@ use milter_core::{
 
 const RECORDING: &str = "postfix37-mx-two-messages-rset.bin";
 
+/// The two messages of the recorded MX session, the files `tests/tests/golden_frames.rs`
+/// sends through Postfix to make the recording.
+const MESSAGE_ONE: &[u8] = include_bytes!("golden/postfix37-mx-message-1.eml");
+const MESSAGE_TWO: &[u8] = include_bytes!("golden/postfix37-mx-message-2.eml");
+
 fn frames(bytes: &[u8]) -> Vec<Frame> {
     let mut buf = BytesMut::from(bytes);
     let d = FrameDecoder::new(DEFAULT_RECV_MAX);
@@ -34,48 +39,6 @@ fn frames(bytes: &[u8]) -> Vec<Frame> {
         out.push(f);
     }
     out
-}
-
-/// Message 1 of the recorded session (as `tests/tests/golden_frames.rs` sends it).
-fn message_one() -> Vec<u8> {
-    let mut m = String::from(
-        "From: Alice Example <alice@remote.test>\r\n\
-         To: user@example.test, other@example.test\r\n\
-         Subject: golden frames, message one with a subject that is\r\n folded onto a second line\r\n\
-         Date: Thu, 27 Nov 2025 10:00:00 +0000\r\n\
-         Message-ID: <golden-1@remote.test>\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         Content-Transfer-Encoding: 8bit\r\n\
-         X-Folded: first part,\r\n\tsecond part after a tab fold,\r\n  third part after two spaces\r\n\
-         \r\n",
-    );
-    let mut n = 0;
-    while m.len() < 80_000 {
-        n += 1;
-        m.push_str(&format!(
-            "line {n:05}: the quick brown fox jumps over the lazy dog, caf\u{e9} \u{2713}\r\n"
-        ));
-    }
-    m.push_str("..a line starting with a dot\r\nlast line\r\n");
-    m.into_bytes()
-}
-
-/// Message 2 of the recorded session: a header over 70 KiB folded into ~1000-byte lines.
-fn message_two() -> Vec<u8> {
-    let mut long = String::new();
-    let mut i = 0;
-    while long.len() < 72 * 1024 {
-        i += 1;
-        long.push_str(&format!("\r\n\tline-{i:03}-"));
-        long.push_str(&"abcdefghijklmnopqrstuvwxyz-0123456789-".repeat(26));
-    }
-    format!(
-        "From: Bob <bob@remote.test>\r\nTo: user@example.test\r\nSubject: golden frames, message two\r\n\
-         Date: Thu, 27 Nov 2025 10:01:00 +0000\r\nMessage-ID: <golden-2@remote.test>\r\n\
-         X-Long: start{long}\r\n\r\nshort body\r\n"
-    )
-    .into_bytes()
 }
 
 /// The per-recording values: the client port and the two queue ids.
@@ -223,7 +186,7 @@ fn replay(port: u16, queue_ids: &[Bytes]) -> Vec<u8> {
         ))
         .expect("rcpt");
     answer(&mut s, t);
-    message(&mut s, &message_one());
+    message(&mut s, MESSAGE_ONE);
     // Postfix aborts after every end of message; the RSET itself adds nothing.
     s.abort().expect("abort");
 
@@ -238,7 +201,7 @@ fn replay(port: u16, queue_ids: &[Bytes]) -> Vec<u8> {
     let t = s.rcpt(&env("<user@example.test>", &[])).expect("rcpt");
     answer(&mut s, t);
     s.set_macro("i", queue_ids[1].clone());
-    message(&mut s, &message_two());
+    message(&mut s, MESSAGE_TWO);
     // After the last message: abort, abort again at QUIT, quit.
     s.abort().expect("abort");
     s.abort().expect("abort at quit");

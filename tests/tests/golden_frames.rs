@@ -11,48 +11,13 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-/// Message 1: folded headers, 8-bit text, a body over 65535 bytes (two
-/// SMFIC_BODY chunks).
-fn message_one() -> Vec<u8> {
-    let mut m = String::from(
-        "From: Alice Example <alice@remote.test>\r\n\
-         To: user@example.test, other@example.test\r\n\
-         Subject: golden frames, message one with a subject that is\r\n folded onto a second line\r\n\
-         Date: Thu, 27 Nov 2025 10:00:00 +0000\r\n\
-         Message-ID: <golden-1@remote.test>\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: text/plain; charset=utf-8\r\n\
-         Content-Transfer-Encoding: 8bit\r\n\
-         X-Folded: first part,\r\n\tsecond part after a tab fold,\r\n  third part after two spaces\r\n\
-         \r\n",
-    );
-    let mut n = 0;
-    while m.len() < 80_000 {
-        n += 1;
-        m.push_str(&format!(
-            "line {n:05}: the quick brown fox jumps over the lazy dog, caf\u{e9} \u{2713}\r\n"
-        ));
-    }
-    m.push_str("..a line starting with a dot\r\nlast line\r\n");
-    m.into_bytes()
-}
-
+/// Message 1: folded headers, 8-bit text, a body over 65535 bytes (two SMFIC_BODY chunks).
 /// Message 2: a header whose value is over 70 KiB (folded into ~1000-byte lines).
-fn message_two() -> Vec<u8> {
-    let mut long = String::new();
-    let mut i = 0;
-    while long.len() < 72 * 1024 {
-        i += 1;
-        long.push_str(&format!("\r\n\tline-{i:03}-"));
-        long.push_str(&"abcdefghijklmnopqrstuvwxyz-0123456789-".repeat(26));
-    }
-    format!(
-        "From: Bob <bob@remote.test>\r\nTo: user@example.test\r\nSubject: golden frames, message two\r\n\
-         Date: Thu, 27 Nov 2025 10:01:00 +0000\r\nMessage-ID: <golden-2@remote.test>\r\n\
-         X-Long: start{long}\r\n\r\nshort body\r\n"
-    )
-    .into_bytes()
-}
+/// milter-core's `mta_golden` test replays the same files.
+const MESSAGE_ONE: &[u8] =
+    include_bytes!("../../milter-core/tests/golden/postfix37-mx-message-1.eml");
+const MESSAGE_TWO: &[u8] =
+    include_bytes!("../../milter-core/tests/golden/postfix37-mx-message-2.eml");
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../milter-core/tests/golden")
@@ -100,7 +65,7 @@ fn postfix37_milter_sessions_are_recorded() -> anyhow::Result<()> {
     let (mut c, greeting) = SmtpClient::connect(pf.mx_port())?;
     assert_eq!(greeting.code, 220);
     c.expect("EHLO client.remote.test", 250)?;
-    let m1 = message_one();
+    let m1 = MESSAGE_ONE;
     c.expect(
         &format!(
             "MAIL FROM:<alice@remote.test> SIZE={} BODY=8BITMIME",
@@ -113,10 +78,10 @@ fn postfix37_milter_sessions_are_recorded() -> anyhow::Result<()> {
         "RCPT TO:<other@example.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;other@example.test",
         250,
     )?;
-    let r = c.data(&m1)?;
+    let r = c.data(m1)?;
     assert_eq!(r.code, 250, "{}", c.transcript);
     c.expect("RSET", 250)?;
-    let m2 = message_two();
+    let m2 = MESSAGE_TWO;
     c.expect(
         &format!(
             "MAIL FROM:<bob@remote.test> SIZE={} BODY=8BITMIME",
@@ -125,7 +90,7 @@ fn postfix37_milter_sessions_are_recorded() -> anyhow::Result<()> {
         250,
     )?;
     c.expect("RCPT TO:<user@example.test>", 250)?;
-    let r = c.data(&m2)?;
+    let r = c.data(m2)?;
     assert_eq!(r.code, 250, "{}", c.transcript);
     c.expect("QUIT", 221)?;
     pf.maildir("example.test", "user").wait_for(2, T)?;
