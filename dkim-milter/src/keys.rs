@@ -396,6 +396,21 @@ pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     /// Runs openssl to make a key file in a test dir; returns its PEM.
+    /// Runs `opendkim-genkey` into `{dir}/{domain}/{sel}.private` and returns the TXT record.
+    pub(crate) fn opendkim_genkey(dir: &std::path::Path, domain: &str, sel: &str) -> String {
+        let d = dir.join(domain);
+        std::fs::create_dir_all(&d).unwrap();
+        assert!(
+            std::process::Command::new("opendkim-genkey")
+                .args(["-D", d.to_str().unwrap(), "-d", domain, "-s", sel])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let txt = std::fs::read_to_string(d.join(format!("{sel}.txt"))).unwrap();
+        parse_txt_file(&txt).unwrap().record
+    }
+
     pub(crate) fn openssl(args: &[&str]) -> Vec<u8> {
         let out = std::process::Command::new("openssl")
             .args(args)

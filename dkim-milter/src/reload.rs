@@ -222,18 +222,6 @@ pub async fn watch(shared: Shared, config_path: Option<PathBuf>, metrics: DkimMe
 mod tests {
     use super::*;
 
-    fn genkey(dir: &Path, domain: &str, sel: &str) {
-        let d = dir.join(domain);
-        std::fs::create_dir_all(&d).unwrap();
-        assert!(
-            std::process::Command::new("opendkim-genkey")
-                .args(["-D", d.to_str().unwrap(), "-d", domain, "-s", sel])
-                .status()
-                .unwrap()
-                .success()
-        );
-    }
-
     fn selectors(shared: &Shared, from: &str) -> Vec<String> {
         match shared.load().keys.lookup(from) {
             crate::keystore::Lookup::Sign(k) => k.into_iter().map(|k| k.selector).collect(),
@@ -245,14 +233,14 @@ mod tests {
     fn broken_config_keeps_previous_state() {
         let t = tempfile::tempdir().unwrap();
         let keys = t.path().join("keys");
-        genkey(&keys, "example.com", "a");
+        crate::keys::tests::opendkim_genkey(&keys, "example.com", "a");
         let cfgp = t.path().join("dkim.toml");
         std::fs::write(&cfgp, format!("keys-dir = {:?}\n", keys)).unwrap();
         let shared: Shared = Arc::new(ArcSwap::from_pointee(State::build(Some(&cfgp)).unwrap()));
         assert_eq!(selectors(&shared, "x@example.com"), vec!["a"]);
 
         let fp0 = fingerprint(Some(&cfgp), &shared.load().config);
-        genkey(&keys, "example.com", "b");
+        crate::keys::tests::opendkim_genkey(&keys, "example.com", "b");
         let fp1 = fingerprint(Some(&cfgp), &shared.load().config);
         assert_ne!(fp0, fp1, "a new key file changes the fingerprint");
         assert!(reload_now(&shared, Some(&cfgp), "test"));
@@ -271,7 +259,7 @@ mod tests {
     async fn watcher_picks_up_new_key_dir() {
         let t = tempfile::tempdir().unwrap();
         let keys = t.path().join("keys");
-        genkey(&keys, "example.com", "a");
+        crate::keys::tests::opendkim_genkey(&keys, "example.com", "a");
         let cfgp = t.path().join("dkim.toml");
         std::fs::write(
             &cfgp,
@@ -283,7 +271,7 @@ mod tests {
         let metrics = DkimMetrics::new(&registry).unwrap();
         let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone()), metrics));
         assert!(selectors(&shared, "x@example.org").is_empty());
-        genkey(&keys, "example.org", "new");
+        crate::keys::tests::opendkim_genkey(&keys, "example.org", "new");
         let mut ok = false;
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -238,8 +238,8 @@ impl MessageSigner {
     }
 }
 
-/// Appends `value` with every bare LF turned into CRLF.
-fn push_crlf_normalized(buf: &mut Vec<u8>, value: &[u8]) {
+/// Appends `value` with every bare LF turned into CRLF (milter header folds are bare LF).
+pub(crate) fn push_crlf_normalized(buf: &mut Vec<u8>, value: &[u8]) {
     let mut prev = 0u8;
     for &b in value {
         if b == b'\n' && prev != b'\r' {

@@ -386,20 +386,6 @@ mod tests {
     use crate::verify::Caches;
     use std::path::Path;
 
-    fn genkey(dir: &Path, domain: &str, sel: &str) -> String {
-        let d = dir.join(domain);
-        std::fs::create_dir_all(&d).unwrap();
-        assert!(
-            std::process::Command::new("opendkim-genkey")
-                .args(["-D", d.to_str().unwrap(), "-d", domain, "-s", sel])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let txt = std::fs::read_to_string(d.join(format!("{sel}.txt"))).unwrap();
-        crate::keys::parse_txt_file(&txt).unwrap().record
-    }
-
     fn state(keys: &Path, f: impl FnOnce(&mut Config)) -> Arc<State> {
         let mut c = Config {
             keys_dir: keys.to_path_buf(),
@@ -435,7 +421,7 @@ mod tests {
     #[tokio::test]
     async fn sign_then_verify_round_trip_and_forged_ar() {
         let t = tempfile::tempdir().unwrap();
-        let rec = genkey(t.path(), "example.com", "sel");
+        let rec = crate::keys::tests::opendkim_genkey(t.path(), "example.com", "sel");
         let st = state(t.path(), |_| {});
         let headers = [
             ("From", " Joe <joe@example.com>"),
@@ -532,7 +518,7 @@ mod tests {
     #[tokio::test]
     async fn key_error_tempfail_or_accept() {
         let t = tempfile::tempdir().unwrap();
-        genkey(t.path(), "example.com", "sel");
+        crate::keys::tests::opendkim_genkey(t.path(), "example.com", "sel");
         std::fs::write(t.path().join("example.com/sel.private"), "broken").unwrap();
         for (policy, tempfail) in [(OnKeyError::Tempfail, true), (OnKeyError::Accept, false)] {
             let st = state(t.path(), |c| c.on_key_error = policy);
@@ -557,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn stranger_claiming_our_domain_is_not_signed() {
         let t = tempfile::tempdir().unwrap();
-        genkey(t.path(), "example.com", "sel");
+        crate::keys::tests::opendkim_genkey(t.path(), "example.com", "sel");
         let st = state(t.path(), |c| c.mode = crate::config::Mode::Sign);
         let mut tx = Transaction::new(
             st,
@@ -583,7 +569,7 @@ mod tests {
     #[tokio::test]
     async fn without_leadspc_values_get_space_and_output_has_none() {
         let t = tempfile::tempdir().unwrap();
-        genkey(t.path(), "example.com", "sel");
+        crate::keys::tests::opendkim_genkey(t.path(), "example.com", "sel");
         let st = state(t.path(), |_| {});
         let mut tx = Transaction::new(
             st,

@@ -171,14 +171,7 @@ impl MessageBuffer {
             self.dkim_signatures += 1;
         }
         let mut v = Vec::with_capacity(value.len() + 8);
-        let mut prev = 0u8;
-        for &b in value {
-            if b == b'\n' && prev != b'\r' {
-                v.push(b'\r');
-            }
-            v.push(b);
-            prev = b;
-        }
+        crate::sign::push_crlf_normalized(&mut v, value);
         self.push(&[name.as_bytes(), b":", &v, b"\r\n"]);
     }
 
