@@ -4,8 +4,8 @@
 //! signature it must verify ours too.
 //!
 //! Corpora: `../shared/corpus/mail-parser` (real and malformed messages; required, CI
-//! has it) and the project's own `tests/corpus/`. Each message gets its `From:`
-//! rewritten to the hosted test domain and an `X-Corpus-Id:` to find it at the sink.
+//! has it) and the project's own replay corpus, `tests/corpus/` at the repository root.
+//! Each message gets its `From:` rewritten to the hosted test domain and an `X-Corpus-Id:` to find it at the sink.
 
 mod support;
 
@@ -97,7 +97,7 @@ fn opendkim_and_dkim_milter_agree_on_the_corpora() {
         "mail-parser corpus: only {shared_n} messages"
     );
     files.extend(
-        corpus_files(&manifest.join("tests/corpus"))
+        corpus_files(&manifest.join("../tests/corpus"))
             .into_iter()
             .map(|p| {
                 (

@@ -1,6 +1,7 @@
 //! Every message of the shared corpus (`<repo>/../shared/corpus/mail-parser/*.eml`: RFC
-//! samples, legacy mailer output, malformed messages) through the example milters'
-//! binaries, driven by milter-core's client over one connection each.
+//! samples, legacy mailer output, malformed messages) and of the project's own corpus
+//! (`tests/corpus/`) through the example milters' binaries, driven by milter-core's client
+//! over one connection each.
 //!
 //! Proves: no message makes the client or the milter break the protocol; the header block
 //! and body as sent to the milter are exact (the body rewrite is computed by the milter
@@ -16,20 +17,28 @@ use bytes::Bytes;
 use milter_core::client::{ClientConfig, Envelope, MilterClient};
 use milter_core::{Modification, Verdict};
 
+/// The shared corpus, then the project's own (`tests/corpus/`).
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/mail-parser");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 10,
-        "corpus {} has only {} messages",
-        dir.display(),
-        files.len()
-    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for (dir, at_least) in [
+        (root.join("../../shared/corpus/mail-parser"), 10),
+        (root.join("../tests/corpus"), 10),
+    ] {
+        let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        here.sort();
+        assert!(
+            here.len() >= at_least,
+            "corpus {} has only {} messages",
+            dir.display(),
+            here.len()
+        );
+        files.extend(here);
+    }
     files
         .into_iter()
         .map(|p| {
