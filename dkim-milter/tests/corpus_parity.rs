@@ -5,7 +5,8 @@
 //!
 //! Corpora: `../shared/corpus/mail-parser` (real and malformed messages; required, CI
 //! has it) and the project's own replay corpus, `tests/corpus/` at the repository root.
-//! Each message gets its `From:` rewritten to the hosted test domain and an `X-Corpus-Id:` to find it at the sink.
+//! Each message gets its `From:` rewritten to the hosted test domain and an `X-Corpus-Id:`
+//! to find it at the sink.
 
 mod support;
 
