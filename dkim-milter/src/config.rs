@@ -6,40 +6,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::Deserialize;
 
-/// A configuration that could not be read or is invalid; always says where.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// TOML syntax or a bad value; `line` is 1-based when toml gave a position.
-    #[error("{path}{}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line of the offending item.
-        line: Option<usize>,
-        /// What is wrong.
-        message: String,
-    },
-    /// A value that parses but contradicts another one.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        message: String,
-    },
-}
+pub use milter_daemon::config::{Cidr, ConfigError, MetricsListen, SocketMode, hostname};
 
 /// Which of signing and verifying this instance does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -158,99 +128,6 @@ pub enum SelectorRule {
     Newest,
 }
 
-/// An IP network in CIDR notation (a bare address is a /32 or /128).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl Cidr {
-    /// True if `ip` is inside this network. IPv4-mapped IPv6 addresses match IPv4 networks.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0..={max}"))?,
-            None => max,
-        };
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// A `metrics-listen` address, checked when the file is read (so errors carry the line).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct MetricsListen(String);
-
-impl MetricsListen {
-    /// The address as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for MetricsListen {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        match milter_core::metrics::http::parse_listen(&s) {
-            Ok(_) => Ok(MetricsListen(s)),
-            Err(e) => Err(format!("metrics-listen: {e}")),
-        }
-    }
-}
-
 /// Per-domain overrides (`[domain."example.com"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -270,7 +147,7 @@ pub struct Config {
     pub socket: String,
     /// Permission bits of a `unix:` socket, octal (e.g. `"0660"` so Postfix's group can
     /// connect). Unset: the process umask decides.
-    pub socket_mode: Option<String>,
+    pub socket_mode: Option<SocketMode>,
     /// Root of the opendkim-genkey layout `{keys-dir}/{domain}/{selector}.private`.
     pub keys_dir: PathBuf,
     /// Clients whose mail is signed (OpenDKIM `InternalHosts`), CIDR or address.
@@ -360,16 +237,7 @@ impl Default for Config {
             socket: "inet:127.0.0.1:8891".into(),
             socket_mode: None,
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
-            internal_hosts: vec![
-                Cidr {
-                    addr: IpAddr::from([127, 0, 0, 0]),
-                    prefix: 8,
-                },
-                Cidr {
-                    addr: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-                    prefix: 128,
-                },
-            ],
+            internal_hosts: Cidr::loopback(),
             originating_daemon_names: Vec::new(),
             canonicalization: Canonicalization {
                 header: Canon::Relaxed,
@@ -399,33 +267,19 @@ impl Default for Config {
     }
 }
 
-/// 1-based line number of byte `offset` in `text`.
-pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()
-        .get(..offset.min(text.len()))
-        .map(|b| b.iter().filter(|c| **c == b'\n').count() + 1)
-        .unwrap_or(1)
-}
-
 impl Config {
     /// Parses `text` (the content of `path`, used in messages) and checks it.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            line: e.span().map(|s| line_of(text, s.start)),
-            message: e.message().trim().to_string(),
-        })?;
+        let cfg: Config = milter_daemon::config::parse(text, path)?;
         cfg.validate(path)?;
         Ok(cfg)
     }
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Config::parse(&text, path)
+        let cfg: Config = milter_daemon::config::load(path)?;
+        cfg.validate(path)?;
+        Ok(cfg)
     }
 
     /// The embedded defaults, checked like a file.
@@ -434,10 +288,7 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let bad = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
+        let bad = |message: String| ConfigError::invalid(path, message);
         if self.key_table.is_some() != self.signing_table.is_some() {
             return Err(bad(
                 "key-table and signing-table must be set together".into()
@@ -457,13 +308,6 @@ impl Config {
                 "authserv-id {id:?} must be one token without spaces or ';'"
             )));
         }
-        if let Some(m) = &self.socket_mode
-            && self.socket_mode_bits().is_none()
-        {
-            return Err(bad(format!(
-                "socket-mode {m:?} must be octal permission bits such as \"0660\""
-            )));
-        }
         if self.reload_poll_seconds == 0 {
             return Err(bad("reload-poll-seconds must be at least 1".into()));
         }
@@ -479,9 +323,7 @@ impl Config {
 
     /// `socket-mode` as permission bits (`None` if unset or invalid).
     pub fn socket_mode_bits(&self) -> Option<u32> {
-        let m = self.socket_mode.as_deref()?.trim();
-        let m = m.strip_prefix("0o").unwrap_or(m);
-        u32::from_str_radix(m, 8).ok().filter(|b| *b <= 0o777)
+        self.socket_mode.map(SocketMode::bits)
     }
 
     /// The authserv-id to use: configured, else the host name.
@@ -493,16 +335,6 @@ impl Config {
     pub fn is_internal(&self, ip: IpAddr) -> bool {
         self.internal_hosts.iter().any(|c| c.contains(ip))
     }
-}
-
-/// The system host name (falls back to `localhost`).
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
@@ -614,27 +446,5 @@ selectors = ["2025", "ed"]
             e.to_string()
                 .starts_with("/nonexistent/dkim.toml: cannot read")
         );
-    }
-
-    #[test]
-    fn cidr_edges() {
-        let c: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(c.contains("203.0.113.9".parse().unwrap()));
-        assert!(!c.contains("2001:db8::1".parse().unwrap()));
-        assert!(
-            "::/0"
-                .parse::<Cidr>()
-                .unwrap()
-                .contains("::1".parse().unwrap())
-        );
-        assert!("300.1.1.1".parse::<Cidr>().is_err());
-        assert!("10.0.0.0/x".parse::<Cidr>().is_err());
-    }
-
-    #[test]
-    fn line_of_offsets() {
-        assert_eq!(line_of("a\nb\nc", 0), 1);
-        assert_eq!(line_of("a\nb\nc", 2), 2);
-        assert_eq!(line_of("a\nb\nc", 99), 3);
     }
 }

@@ -1,4 +1,5 @@
-//! `dkim-milter`: command line. The logic lives in the library crate.
+//! `dkim-milter`: command line. The logic lives in the library crate; the daemon kit
+//! (`milter-daemon`) supplies config loading, reload, logging and the runtime.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,17 +7,14 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use dkim_milter::keygen::{self, Algo};
 use dkim_milter::reload::State;
+use milter_daemon::cli::ConfigArgs;
 
 /// DKIM signing and verifying milter (OpenDKIM replacement).
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file (embedded defaults when absent).
-    #[arg(long, short = 'c', value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
-    /// Validate the configuration and load every key, then exit 0 (ok) or 1.
-    #[arg(long)]
-    check_config: bool,
+    #[command(flatten)]
+    common: ConfigArgs,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,19 +44,8 @@ struct KeygenArgs {
     keys_dir: Option<PathBuf>,
 }
 
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn keygen_cmd(cli: &Cli, a: &KeygenArgs) -> ExitCode {
-    let keys_dir = match (&a.keys_dir, &cli.config) {
+    let keys_dir = match (&a.keys_dir, &cli.common.config) {
         (Some(d), _) => d.clone(),
         (None, Some(c)) => match dkim_milter::config::Config::load(c) {
             Ok(cfg) => cfg.keys_dir,
@@ -93,11 +80,8 @@ fn keygen_cmd(cli: &Cli, a: &KeygenArgs) -> ExitCode {
 }
 
 fn check_config(cli: &Cli) -> ExitCode {
-    let where_ = cli
-        .config
-        .as_ref()
-        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
-    match State::build(cli.config.as_deref()) {
+    let where_ = cli.common.source();
+    match State::build(cli.common.config.as_deref()) {
         Ok(st) => {
             let mut errors = 0;
             for n in st.keys.notes() {
@@ -138,54 +122,33 @@ fn main() -> ExitCode {
     if let Some(Command::Keygen(a)) = &cli.command {
         return keygen_cmd(&cli, a);
     }
-    if cli.check_config {
+    if cli.common.check_config {
         return check_config(&cli);
     }
-    let state = match State::build(cli.config.as_deref()) {
+    let state = match State::build(cli.common.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&state.config.log_level);
+    milter_daemon::logging::init(&state.config.log_level);
     state.log_notes();
-    serve(state, cli.config)
-}
-
-fn serve(state: State, config_path: Option<PathBuf>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    rt.block_on(async move {
+    let config_path = cli.common.config;
+    milter_daemon::run::block_on(async move {
         let registry = milter_core::metrics::Registry::new();
-        let metrics = match dkim_milter::metrics::DkimMetrics::new(&registry) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!("metrics: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let shared: dkim_milter::reload::Shared =
-            std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(state));
-        tokio::spawn(dkim_milter::reload::watch(
+        let metrics = dkim_milter::metrics::DkimMetrics::new(&registry)
+            .map_err(dkim_milter::milter::ServeError::Metrics)?;
+        let shared = milter_daemon::reload::shared(state);
+        let m = metrics.clone();
+        tokio::spawn(milter_daemon::reload::watch(
             shared.clone(),
             config_path,
-            metrics.clone(),
+            move |ok, st| {
+                m.reloaded(ok);
+                m.keys(st);
+            },
         ));
-        match dkim_milter::milter::serve(shared, None, metrics).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e}");
-                ExitCode::FAILURE
-            }
-        }
+        dkim_milter::milter::serve(shared, None, metrics).await
     })
 }

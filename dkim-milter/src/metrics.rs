@@ -15,6 +15,7 @@
 //! | `dkim_milter_broken_key_domains` | gauge | |
 
 use milter_core::metrics::{Counter, CounterFamily, Gauge, MetricsError, Registry};
+use milter_daemon::metrics::ReloadCounter;
 
 use crate::reload::State;
 use crate::transaction::{NotSigned, Tally};
@@ -31,8 +32,7 @@ pub struct DkimMetrics {
     signing_errors: Counter,
     key_errors: Counter,
     verify: CounterFamily,
-    reload_ok: Counter,
-    reload_failed: Counter,
+    reloads: ReloadCounter,
     keys_loaded: Gauge,
     broken_domains: Gauge,
 }
@@ -59,11 +59,6 @@ impl DkimMetrics {
             &["result"],
             16,
         )?;
-        let reloads = registry.counter_family(
-            "dkim_milter_reloads_total",
-            "Configuration and key reloads, by result.",
-            &["result"],
-        )?;
         for a in ALGORITHMS {
             signed.with(&[a]);
         }
@@ -83,8 +78,7 @@ impl DkimMetrics {
             not_signed: NotSigned::ALL.map(|k| not_signed.with(&[k.label()])),
             signed,
             verify,
-            reload_ok: reloads.with(&["ok"]),
-            reload_failed: reloads.with(&["failed"]),
+            reloads: ReloadCounter::new(registry, "dkim_milter")?,
             keys_loaded: registry.gauge(
                 "dkim_milter_keys_loaded",
                 "Signing domains (keys-dir) or KeyTable keys usable now.",
@@ -127,11 +121,7 @@ impl DkimMetrics {
 
     /// Counts a reload attempt.
     pub fn reloaded(&self, ok: bool) {
-        if ok {
-            self.reload_ok.inc()
-        } else {
-            self.reload_failed.inc()
-        }
+        self.reloads.record(ok)
     }
 
     /// Sets the key gauges from the state now serving.

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use milter_core::handler::{Context, EomActions, Milter};
-use milter_core::metrics::http::MetricsServer;
 use milter_core::negotiate::{Offer, Request};
 use milter_core::proto::command::code;
 use milter_core::server::{Server, ShutdownHandle, UnixSocketOptions};
@@ -312,12 +311,13 @@ pub async fn serve(
     let server = builder.bind().await?;
     metrics.keys(&st);
     if let Some(spec) = &st.config.metrics_listen {
-        let endpoint = MetricsServer::bind(spec.as_str(), metrics.registry().clone()).await?;
-        tracing::info!(
-            "dkim-milter metrics on http://{}/metrics",
-            endpoint.local_addr()
-        );
-        tokio::spawn(endpoint.serve(server.shutdown_handle()));
+        let addr = milter_daemon::metrics::serve(
+            spec,
+            metrics.registry().clone(),
+            server.shutdown_handle(),
+        )
+        .await?;
+        tracing::info!("dkim-milter metrics on http://{addr}/metrics");
     }
     for a in server.local_addrs() {
         tracing::info!(

@@ -1,19 +1,16 @@
-//! The serving state (config + key store) and its atomic replacement.
+//! The serving state (config + key store), reloaded through the daemon kit.
 //!
-//! A new [`State`] is built off to the side (on SIGHUP, or when the poller sees a
-//! change under the config, tables or keys dir) and swapped in with `ArcSwap`; messages
-//! in flight keep the `Arc` they started with. A state that fails to build is logged
-//! with file and reason and the previous one keeps serving.
+//! A new [`State`] is built off to the side (on SIGHUP/SIGUSR1, or when the poller sees a
+//! change under the config, tables or keys dir) and swapped in by
+//! [`milter_daemon::reload`]; a state that fails to build leaves the previous one serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use milter_daemon::reload::{Fingerprint, Reloadable};
 
 use crate::config::{Config, ConfigError};
 use crate::keystore::{KeyStore, StoreError};
-use crate::metrics::DkimMetrics;
 use crate::sign::SignOptions;
 use crate::tables::parse_spec;
 
@@ -84,19 +81,41 @@ impl State {
 }
 
 /// The shared, swappable state.
-pub type Shared = Arc<ArcSwap<State>>;
+pub type Shared = milter_daemon::Shared<State>;
 
-/// Modification stamp of everything a state was built from.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint(Vec<(PathBuf, Option<Stamp>)>);
+impl Reloadable for State {
+    type Error = LoadError;
 
-/// mtime, size, mode of one path.
-type Stamp = (SystemTime, u64, u32);
+    fn build(config_path: Option<&Path>) -> Result<State, LoadError> {
+        State::build(config_path)
+    }
 
-fn stamp(p: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len(), m.mode()))
+    fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
+    fn current_fingerprint(&self, config_path: Option<&Path>) -> Fingerprint {
+        fingerprint(config_path, &self.config)
+    }
+
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(self.config.reload_poll_seconds.max(1))
+    }
+
+    fn replacing(&self, previous: &State, why: &str) {
+        if self.config.socket != previous.config.socket {
+            tracing::warn!(
+                "socket changed from {} to {}: takes effect only after a restart",
+                previous.config.socket,
+                self.config.socket
+            );
+        }
+        self.log_notes();
+        tracing::info!(
+            "reloaded ({why}): {} signing domains/keys usable",
+            self.keys.usable_count()
+        );
+    }
 }
 
 /// Files and directories whose change triggers a reload: the config file, the
@@ -137,90 +156,14 @@ pub fn fingerprint(config_path: Option<&Path>, cfg: &Config) -> Fingerprint {
             }
         }
     }
-    paths.sort();
-    paths.dedup();
-    Fingerprint(paths.into_iter().map(|p| (p.clone(), stamp(&p))).collect())
-}
-
-/// Builds a new state and swaps it in; on failure logs and keeps the old one.
-/// Returns true if swapped.
-pub fn reload_now(shared: &Shared, config_path: Option<&Path>, why: &str) -> bool {
-    match State::build(config_path) {
-        Ok(new) => {
-            let old = shared.load();
-            if new.config.socket != old.config.socket {
-                tracing::warn!(
-                    "socket changed from {} to {}: takes effect only after a restart",
-                    old.config.socket,
-                    new.config.socket
-                );
-            }
-            new.log_notes();
-            tracing::info!(
-                "reloaded ({why}): {} signing domains/keys usable",
-                new.keys.usable_count()
-            );
-            shared.store(Arc::new(new));
-            true
-        }
-        Err(e) => {
-            tracing::error!("reload ({why}) refused, previous configuration keeps serving: {e}");
-            false
-        }
-    }
-}
-
-/// Runs forever: reload on SIGHUP and when [`fingerprint`] changes (polled every
-/// `reload-poll-seconds`), counting each attempt in `metrics`. Must run inside a tokio
-/// runtime.
-pub async fn watch(shared: Shared, config_path: Option<PathBuf>, metrics: DkimMetrics) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGHUP ({e}); reload on file change only");
-            None
-        }
-    };
-    let mut last = shared.load().fingerprint.clone();
-    loop {
-        let poll = Duration::from_secs(shared.load().config.reload_poll_seconds.max(1));
-        let why = tokio::select! {
-            _ = async {
-                match hup.as_mut() {
-                    Some(h) => { h.recv().await; }
-                    None => std::future::pending::<()>().await,
-                }
-            } => "SIGHUP",
-            _ = tokio::time::sleep(poll) => "change",
-        };
-        let path = config_path.clone();
-        let shared2 = shared.clone();
-        let current = {
-            let st = shared.load();
-            fingerprint(path.as_deref(), &st.config)
-        };
-        if why == "change" && current == last {
-            continue;
-        }
-        let why_s = if why == "change" {
-            "files changed"
-        } else {
-            "SIGHUP"
-        };
-        let ok =
-            tokio::task::spawn_blocking(move || reload_now(&shared2, path.as_deref(), why_s)).await;
-        metrics.reloaded(ok.unwrap_or(false));
-        metrics.keys(&shared.load());
-        // Remember what we tried, so a broken file is not retried every poll. (After a
-        // successful reload that changed which paths are watched, the next poll reloads
-        // once more; harmless.)
-        last = current;
-    }
+    Fingerprint::of(paths)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::DkimMetrics;
+    use milter_daemon::reload::{reload_now, shared as share, watch};
 
     fn selectors(shared: &Shared, from: &str) -> Vec<String> {
         match shared.load().keys.lookup(from) {
@@ -236,7 +179,7 @@ mod tests {
         crate::keys::tests::opendkim_genkey(&keys, "example.com", "a");
         let cfgp = t.path().join("dkim.toml");
         std::fs::write(&cfgp, format!("keys-dir = {:?}\n", keys)).unwrap();
-        let shared: Shared = Arc::new(ArcSwap::from_pointee(State::build(Some(&cfgp)).unwrap()));
+        let shared: Shared = share(State::build(Some(&cfgp)).unwrap());
         assert_eq!(selectors(&shared, "x@example.com"), vec!["a"]);
 
         let fp0 = fingerprint(Some(&cfgp), &shared.load().config);
@@ -266,10 +209,13 @@ mod tests {
             format!("keys-dir = {:?}\nreload-poll-seconds = 1\n", keys),
         )
         .unwrap();
-        let shared: Shared = Arc::new(ArcSwap::from_pointee(State::build(Some(&cfgp)).unwrap()));
+        let shared: Shared = share(State::build(Some(&cfgp)).unwrap());
         let registry = milter_core::metrics::Registry::new();
         let metrics = DkimMetrics::new(&registry).unwrap();
-        let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone()), metrics));
+        let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone()), move |ok, st| {
+            metrics.reloaded(ok);
+            metrics.keys(st);
+        }));
         assert!(selectors(&shared, "x@example.org").is_empty());
         crate::keys::tests::opendkim_genkey(&keys, "example.org", "new");
         let mut ok = false;

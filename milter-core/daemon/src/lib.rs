@@ -1,0 +1,21 @@
+//! The daemon kit: what dkim-milter and spam-milter share so neither writes it twice.
+//!
+//! - [`config`]: TOML loading whose errors name file and line, and the shared value types
+//!   (networks, durations, socket modes, the metrics listen address).
+//! - [`reload`]: an atomically swapped serving state, rebuilt on SIGHUP/SIGUSR1 or when
+//!   its files change; a broken file keeps the old state.
+//! - [`cli`]: the `--config` / `--check-config` arguments every daemon takes.
+//! - [`logging`] and [`run`]: `tracing` set-up and the runtime around a daemon's `serve`.
+//! - [`metrics`]: the `GET /metrics` endpoint and the reload counter.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod reload;
+pub mod run;
+
+pub use config::{Cidr, ConfigError, MetricsListen, SocketMode, Span};
+pub use reload::{Fingerprint, Reloadable, Shared};
