@@ -12,6 +12,14 @@ use std::time::Duration;
 /// Virtual mail uid/gid shared by Postfix `virtual(8)` and Dovecot.
 pub const VMAIL_ID: u32 = 5000;
 
+/// Dovecot's host name (`hostname`, and `DOVECOT_HOSTDOMAIN` for the master
+/// and, via `import_environment`, every child): without it Dovecot calls
+/// gethostbyname(gethostname()) at start, which reaches the machine's
+/// resolver unless /etc/hosts lists the host name (strace: with it, neither
+/// doveconf nor dovecot opens /etc/hosts or /etc/resolv.conf; passwd-file
+/// auth and the loopback listeners need no other lookup).
+const HOSTNAME: &str = "mx.example.test";
+
 /// Builder for [`Dovecot`].
 #[derive(Debug, Clone)]
 pub struct DovecotBuilder {
@@ -191,6 +199,8 @@ impl DovecotBuilder {
 base_dir = {base}
 state_dir = {root}/lib
 log_path = {log}
+hostname = {HOSTNAME}
+import_environment = TZ CORE_OUTOFMEM CORE_ERROR LISTEN_PID LISTEN_FDS NOTIFY_SOCKET DOVECOT_HOSTDOMAIN={HOSTNAME}
 protocols = imap pop3
 listen = 127.0.0.1
 ssl = required
@@ -256,6 +266,7 @@ service anvil {{
         std::fs::write(&conf_path, conf)?;
         let child = spawn_daemon(
             Command::new("/usr/sbin/dovecot")
+                .env("DOVECOT_HOSTDOMAIN", HOSTNAME)
                 .arg("-F")
                 .arg("-c")
                 .arg(&conf_path),

@@ -27,6 +27,7 @@
 //! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs).
 
 pub mod dkim;
+pub mod dns;
 pub mod dovecot;
 pub mod maildir;
 pub mod opendkim;

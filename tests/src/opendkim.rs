@@ -1,6 +1,32 @@
 //! Real OpenDKIM as a milter on `inet:PORT@127.0.0.1`.
+//!
+//! # DNS
+//!
+//! Signing (`Mode s`, the default and the only mode the tests use) does no
+//! DNS at all: strace of a signing run shows OpenDKIM (Debian's build links
+//! libunbound) reading /etc/resolv.conf at start but opening no network
+//! socket. Verifying (`Mode v`/`sv`) looks keys up, and *without* resolver
+//! settings Debian's OpenDKIM lets libunbound recurse from the root servers
+//! (measured with `opendkim -t`: UDP to 198.41.0.4:53, 192.5.5.241:53, ...),
+//! i.e. off loopback. So every instance owns a [`DnsStub`] ([`OpenDkim::dns`];
+//! add key records there) and its config has `Nameservers 127.0.0.1@PORT`:
+//! the option takes addresses only (`127.0.0.1:PORT` -> "can't configure DKIM
+//! library: failed to set nameserver list"), but Debian's OpenDKIM hands them
+//! to unbound's `ub_ctx_set_fwd`, which reads `@PORT`. Measured with
+//! `opendkim -t` and the generated config in `Mode v`: the one TXT query went
+//! to the stub and nowhere else, `dkim=pass`.
+//!
+//! Limits, measured: unbound answers `*.test` (and the other RFC 6761 names)
+//! itself, so a verify-mode key under `.test` gives "key not found in DNS"
+//! without any query: publish verify-mode keys under e.g. `*.example`, or use
+//! [`crate::dkim::opendkim_test_verify`] (TestDNSData, no DNS). An unbound
+//! file via `ResolverConfiguration` (`local-zone: "test." nodefault` plus a
+//! forward-zone) lifts that, but OpenDKIM parses it per message and unbound's
+//! flex parser is not thread-safe: the 64-connection load test killed
+//! OpenDKIM with "fatal flex scanner internal error--end of buffer missed".
 
 use crate::dkim::DkimKey;
+use crate::dns::DnsStub;
 use crate::ports::free_port;
 use crate::sys::{self, Sandbox, require_binary, require_root, spawn_daemon};
 use anyhow::{Result, bail};
@@ -23,6 +49,8 @@ pub struct OpenDkim {
     child: Option<Child>,
     port: u16,
     config: PathBuf,
+    // Dropped after the child is stopped in Drop::drop.
+    dns: DnsStub,
     sandbox: Sandbox,
 }
 
@@ -46,6 +74,13 @@ impl OpenDkim {
     /// Postfix milter spec: `inet:127.0.0.1:PORT`.
     pub fn milter_spec(&self) -> String {
         format!("inet:127.0.0.1:{}", self.port)
+    }
+
+    /// The loopback DNS stub that is OpenDKIM's only resolver (see the
+    /// module docs); add `selector._domainkey.domain` TXT records here for
+    /// verify modes.
+    pub fn dns(&self) -> &DnsStub {
+        &self.dns
     }
 
     /// The generated opendkim.conf.
@@ -111,16 +146,18 @@ impl OpenDkimBuilder {
         std::fs::write(&kt, lines(&self.key_table))?;
         std::fs::write(&st, lines(&self.signing_table))?;
         std::fs::write(&th, "127.0.0.1\n::1\nlocalhost\n")?;
+        let dns = DnsStub::builder().start()?;
         let mut conf = format!(
             "Syslog no\nMode {mode}\nCanonicalization relaxed/simple\nOversignHeaders From\n\
              KeyTable file:{kt}\nSigningTable refile:{st}\nInternalHosts refile:{th}\n\
              ExternalIgnoreList refile:{th}\nSocket inet:{port}@127.0.0.1\n\
-             PidFile {pid}\nRequireSafeKeys false\n",
+             PidFile {pid}\nRequireSafeKeys false\nNameservers 127.0.0.1@{dns_port}\n",
             mode = self.mode,
             kt = kt.display(),
             st = st.display(),
             th = th.display(),
             pid = sb.path().join("opendkim.pid").display(),
+            dns_port = dns.port(),
         );
         if self.key_table.is_empty() {
             conf = conf
@@ -158,6 +195,7 @@ impl OpenDkimBuilder {
             child: Some(child),
             port,
             config,
+            dns,
             sandbox: sb,
         };
         sys::wait_until(Duration::from_secs(20), "OpenDKIM's milter port", || {

@@ -1,6 +1,17 @@
 //! Postfix 3.7 in a sandbox: an MX listener, an optional submission listener
 //! (STARTTLS + Dovecot SASL), virtual Maildir delivery and a relayhost (by
 //! default an internal [`Sink`]).
+//!
+//! The generated main.cf never uses DNS: the relayhost is a bracketed
+//! address, `smtp_dns_support_level`/`lmtp_dns_support_level = disabled`
+//! (Postfix ignores the older `disable_dns_lookups` once these are set) and
+//! `smtpd_peername_lookup = no` (Postfix 3.7 default `yes`: smtpd would
+//! resolve the client's name via getnameinfo/nsswitch, which reaches the
+//! machine's resolver when /etc/hosts has no 127.0.0.1 line). Hence smtpd
+//! sees every client as `unknown[127.0.0.1]` (also in `Received:`), and
+//! milters get `[127.0.0.1]` as the SMFIC_CONNECT host name, `_ = unknown
+//! [127.0.0.1]` and `{client_name} = unknown` (the golden frames under
+//! `milter-core/tests/golden/` were recorded with the lookup on: `localhost`).
 
 use crate::dovecot::{Dovecot, VMAIL_ID};
 use crate::maildir::Maildir;
@@ -440,7 +451,13 @@ relay_domains =
 relay_domains_reject_code = 550
 smtpd_helo_required = yes
 relayhost = [127.0.0.1]:{relay_port}
+# No DNS anywhere (tests must not send a packet off loopback): the relayhost is
+# a bracketed address, smtp/lmtp never use DNS, and smtpd does not look up the
+# client's name (it would go through nsswitch and, without an /etc/hosts
+# entry for 127.0.0.1, to the machine's resolver): clients are unknown[127.0.0.1].
 smtp_dns_support_level = disabled
+lmtp_dns_support_level = disabled
+smtpd_peername_lookup = no
 smtp_tls_security_level = none
 smtpd_tls_cert_file = {cert}
 smtpd_tls_key_file = {key}
