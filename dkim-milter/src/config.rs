@@ -4,12 +4,12 @@
 //! signer for `/etc/opendkim/keys` on `inet:127.0.0.1:8891`.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use milter_daemon::config::{Cidr, ConfigError, MetricsListen, SocketMode, hostname};
+pub use milter_daemon::config::{Cidr, ConfigError, MetricsListen, SocketMode, Span, hostname};
 
 /// Which of signing and verifying this instance does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -128,6 +128,51 @@ pub enum SelectorRule {
     Newest,
 }
 
+/// One `dns-servers` entry: `IP` or `IP:PORT` (IPv6 with a port as `[::1]:5353`), port 53
+/// when not given. Host names are refused: the resolver cannot resolve its own servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct DnsServer(SocketAddr);
+
+impl DnsServer {
+    /// The port when an entry names none.
+    pub const DEFAULT_PORT: u16 = 53;
+
+    /// The server's address and port.
+    pub fn addr(self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl std::fmt::Display for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl TryFrom<String> for DnsServer {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let t = s.trim();
+        let bare = t
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(t);
+        let addr = match bare.parse::<IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, DnsServer::DEFAULT_PORT)),
+            Err(_) => t.parse::<SocketAddr>().ok(),
+        };
+        match addr {
+            Some(a) if a.port() != 0 => Ok(DnsServer(a)),
+            Some(_) => Err(format!("dns-servers entry {s:?}: port 0 is not a DNS port")),
+            None => Err(format!(
+                "dns-servers entry {s:?}: expected an IP address or IP:PORT such as \"127.0.0.1\", \
+                 \"192.0.2.53:5353\" or \"[::1]:53\" (no host names)"
+            )),
+        }
+    }
+}
+
 /// Per-domain overrides (`[domain."example.com"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -197,6 +242,17 @@ pub struct Config {
     /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
     /// port means 127.0.0.1). Unset: no metrics endpoint. Read at start only.
     pub metrics_listen: Option<MetricsListen>,
+    /// DNS servers the verifier queries (UDP, TCP for long answers), as `IP` or `IP:PORT`
+    /// (`[IPv6]:PORT`; port 53 by default), e.g. `["127.0.0.1:5353", "192.0.2.53"]`, instead
+    /// of `/etc/resolv.conf`'s. They should be recursive resolvers: the list is used alone,
+    /// without resolv.conf's search domains, options or `/etc/hosts`. Unset: the system
+    /// resolver. Read at start; a change needs a restart.
+    pub dns_servers: Option<Vec<DnsServer>>,
+    /// How long a query to one `dns-servers` server may take before the lookup gives up on
+    /// it (the next server is tried; when none answers the signature is `temperror`):
+    /// seconds or e.g. `"1500ms"`. Default 5 s. The system resolver keeps resolv.conf's
+    /// `options timeout:`.
+    pub dns_timeout: Span,
     /// FOR TESTS: a file of `name record` lines (e.g. `sel._domainkey.example.com v=DKIM1;
     /// k=rsa; p=…`) whose TXT records the verifier uses instead of DNS. Read at start.
     pub dns_override_file: Option<PathBuf>,
@@ -261,6 +317,8 @@ impl Default for Config {
             log_level: "info".into(),
             reload_poll_seconds: 5,
             metrics_listen: None,
+            dns_servers: None,
+            dns_timeout: Span::secs(5),
             dns_override_file: None,
             domain: BTreeMap::new(),
         }
@@ -310,6 +368,15 @@ impl Config {
         }
         if self.reload_poll_seconds == 0 {
             return Err(bad("reload-poll-seconds must be at least 1".into()));
+        }
+        if self.dns_servers.as_ref().is_some_and(Vec::is_empty) {
+            return Err(bad(
+                "dns-servers must list at least one server (leave it out to use the system resolver)"
+                    .into(),
+            ));
+        }
+        if self.dns_timeout.get().is_zero() {
+            return Err(bad("dns-timeout must be longer than 0".into()));
         }
         for (d, dc) in &self.domain {
             if dc.selectors.len() > 2 {
@@ -437,6 +504,67 @@ selectors = ["2025", "ed"]
 
         let e = p("sign-headers = [\"Subject\"]").unwrap_err();
         assert!(e.to_string().contains("From"), "{e}");
+    }
+
+    #[test]
+    fn dns_servers_and_timeout() {
+        let c = p("").unwrap();
+        assert_eq!(c.dns_servers, None);
+        assert_eq!(c.dns_timeout, Span::secs(5));
+
+        let c = p(r#"
+dns-servers = ["127.0.0.1:5353", "192.0.2.53", " [::1]:5300 ", "2001:db8::53", "[2001:db8::1]"]
+dns-timeout = "1500ms"
+"#)
+        .unwrap();
+        let addrs: Vec<String> = c
+            .dns_servers
+            .unwrap()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "127.0.0.1:5353",
+                "192.0.2.53:53",
+                "[::1]:5300",
+                "[2001:db8::53]:53",
+                "[2001:db8::1]:53"
+            ]
+        );
+        assert_eq!(c.dns_timeout.get(), std::time::Duration::from_millis(1500));
+        assert_eq!(p("dns-timeout = 2").unwrap().dns_timeout, Span::secs(2));
+
+        // Bad entries name file, line and the entry.
+        for (text, needle) in [
+            (
+                "mode = \"sv\"\ndns-servers = [\"127.0.0.1\", \"ns.example.com\"]\n",
+                "ns.example.com",
+            ),
+            (
+                "log-level = \"info\"\ndns-servers = [\"127.0.0.1:99999\"]",
+                "99999",
+            ),
+            (
+                "log-level = \"info\"\ndns-servers = [\"127.0.0.1:0\"]",
+                "port 0",
+            ),
+            ("log-level = \"info\"\ndns-servers = [\"[::1\"]", "[::1"),
+            (
+                "log-level = \"info\"\ndns-servers = \"127.0.0.1\"",
+                "sequence",
+            ),
+            ("log-level = \"info\"\ndns-timeout = \"soon\"", "soon"),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.starts_with("/etc/dkim-milter.toml:2:"), "{text:?}: {e}");
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        let e = p("dns-servers = []").unwrap_err();
+        assert!(e.to_string().contains("at least one server"), "{e}");
+        let e = p("dns-timeout = 0").unwrap_err();
+        assert!(e.to_string().contains("dns-timeout"), "{e}");
     }
 
     #[test]

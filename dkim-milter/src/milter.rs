@@ -6,7 +6,6 @@
 //! changes a message half way.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +15,11 @@ use milter_core::proto::command::code;
 use milter_core::server::{Server, ShutdownHandle, UnixSocketOptions};
 use milter_core::{Actions, ConnectInfo, Envelope, ProtocolFlags, SocketInfo, Stage, Verdict};
 
+use crate::config::Config;
 use crate::metrics::DkimMetrics;
 use crate::reload::Shared;
 use crate::transaction::{EomOutcome, Facts, Transaction};
-use crate::verify::{Caches, Verifier};
+use crate::verify::{Caches, Verifier, authenticator};
 
 /// The server could not run.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,9 @@ pub enum ServeError {
     /// The metrics could not be registered (a bug: the names are fixed).
     #[error("metrics: {0}")]
     Metrics(#[from] milter_core::metrics::MetricsError),
+    /// The resolver for `dns-servers` could not be set up.
+    #[error("dns-servers: {0}")]
+    Resolver(#[from] crate::verify::ResolverError),
     /// The DNS override file (a test hook) could not be read.
     #[error("dns-override-file {path}: {reason}")]
     DnsOverride {
@@ -244,18 +247,32 @@ impl Milter for DkimMilter {
     }
 }
 
-/// Builds the verifier: the system resolver, pre-filled from `dns-override-file` when
-/// set. `Ok(None)` when there is no resolver (logged; inbound mail is then passed).
-pub fn build_verifier(dns_override: Option<&Path>) -> Result<Option<Verifier>, ServeError> {
-    let auth = match mail_auth::MessageAuthenticator::new_system_conf() {
+/// Builds the verifier: a resolver for `dns-servers` (an error if it cannot be built),
+/// else the system resolver; its cache pre-filled from `dns-override-file` when set.
+/// `Ok(None)` when there is no system resolver (logged; inbound mail is then passed).
+pub fn build_verifier(config: &Config) -> Result<Option<Verifier>, ServeError> {
+    let servers = config.dns_servers.as_deref();
+    let auth = match authenticator(servers, config.dns_timeout.get()) {
         Ok(a) => a,
+        Err(e) if servers.is_some() => return Err(e.into()),
         Err(e) => {
             tracing::warn!("no DNS resolver ({e}); inbound mail will not be verified");
             return Ok(None);
         }
     };
+    match servers {
+        Some(list) => tracing::info!(
+            "verifier DNS: {} (timeout {})",
+            list.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.dns_timeout
+        ),
+        None => tracing::debug!("verifier DNS: the system resolver (/etc/resolv.conf)"),
+    }
     let caches = Caches::new(4096);
-    if let Some(p) = dns_override {
+    if let Some(p) = config.dns_override_file.as_deref() {
         let bad = |reason: String| ServeError::DnsOverride {
             path: p.display().to_string(),
             reason,
@@ -292,7 +309,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let st = shared.load_full();
     let verifier = if st.config.mode.verifies() {
-        build_verifier(st.config.dns_override_file.as_deref())?.map(Arc::new)
+        build_verifier(&st.config)?.map(Arc::new)
     } else {
         None
     };

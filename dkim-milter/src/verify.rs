@@ -14,11 +14,15 @@ use std::time::{Duration, Instant};
 use mail_auth::dkim::DomainKey;
 use mail_auth::dns::TxtRecordParser;
 use mail_auth::headers::HeaderWriter;
+use mail_auth::hickory_resolver::config::{
+    NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DnsCache, MessageAuthenticator, Mx,
     Negative, Parameters, RecordSet, ResolverCache, TxtRecord,
 };
 
+use crate::config::DnsServer;
 use crate::sign::milter_value;
 
 /// A bounded TTL map: the verifier's DNS cache (and, pre-filled, the test zone).
@@ -267,11 +271,55 @@ impl std::fmt::Debug for Verifier {
 #[error("DNS resolver setup failed: {0}")]
 pub struct ResolverError(String);
 
+/// The hickory configuration for querying exactly `servers` (config `dns-servers`): UDP,
+/// and TCP when an answer is truncated, each `timeout` per server; no search domains, no
+/// `/etc/hosts`, nothing from `/etc/resolv.conf`.
+pub fn resolver_config(servers: &[DnsServer], timeout: Duration) -> (ResolverConfig, ResolverOpts) {
+    let name_servers = servers
+        .iter()
+        .map(|s| {
+            let mut ns = NameServerConfig::udp_and_tcp(s.addr().ip());
+            for c in &mut ns.connections {
+                c.port = s.addr().port();
+            }
+            ns
+        })
+        .collect();
+    let mut opts = ResolverOpts::default();
+    opts.timeout = timeout;
+    opts.use_hosts_file = ResolveHosts::Never;
+    (ResolverConfig::from_name_servers(name_servers), opts)
+}
+
+/// The authenticator whose resolver queries `servers` (see [`resolver_config`]), or the
+/// system resolver (`/etc/resolv.conf`, its own timeout; `timeout` unused) for `None`.
+pub fn authenticator(
+    servers: Option<&[DnsServer]>,
+    timeout: Duration,
+) -> Result<MessageAuthenticator, ResolverError> {
+    let auth = match servers {
+        None => MessageAuthenticator::new_system_conf(),
+        Some(servers) => {
+            let (config, opts) = resolver_config(servers, timeout);
+            MessageAuthenticator::new(config, opts)
+        }
+    };
+    auth.map_err(|e| ResolverError(e.to_string()))
+}
+
 impl Verifier {
     /// A verifier using the system resolver (`/etc/resolv.conf`).
     pub fn system() -> Result<Verifier, ResolverError> {
-        let auth =
-            MessageAuthenticator::new_system_conf().map_err(|e| ResolverError(e.to_string()))?;
+        let auth = authenticator(None, Duration::ZERO)?;
+        Ok(Verifier::with_authenticator(auth, Caches::new(4096)))
+    }
+
+    /// A verifier querying exactly `servers` (config `dns-servers`).
+    pub fn with_servers(
+        servers: &[DnsServer],
+        timeout: Duration,
+    ) -> Result<Verifier, ResolverError> {
+        let auth = authenticator(Some(servers), timeout)?;
         Ok(Verifier::with_authenticator(auth, Caches::new(4096)))
     }
 
@@ -445,6 +493,62 @@ mod tests {
         assert_eq!(
             raw,
             b"From: a@example.com\r\nDKIM-Signature: v=1;\r\n\tb=x\r\n\r\nshort\r\n".to_vec()
+        );
+    }
+
+    fn servers(list: &[&str]) -> Vec<DnsServer> {
+        list.iter()
+            .map(|s| DnsServer::try_from(s.to_string()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn resolver_config_uses_only_the_listed_servers() {
+        let (config, opts) = resolver_config(
+            &servers(&["127.0.0.1:5353", "[::1]:5300", "192.0.2.53"]),
+            Duration::from_millis(1500),
+        );
+        assert!(config.domain().is_none() && config.search().is_empty());
+        let got: Vec<(String, Vec<u16>)> = config
+            .name_servers()
+            .iter()
+            .map(|n| {
+                (
+                    n.ip.to_string(),
+                    n.connections.iter().map(|c| c.port).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1".to_string(), vec![5353, 5353]),
+                ("::1".to_string(), vec![5300, 5300]),
+                ("192.0.2.53".to_string(), vec![53, 53]),
+            ]
+        );
+        assert_eq!(opts.timeout, Duration::from_millis(1500));
+        assert_eq!(opts.use_hosts_file, ResolveHosts::Never);
+    }
+
+    /// A signature whose key is in no cache is looked up on the configured server (a stub
+    /// on loopback without the record: the key is missing, so no pass).
+    #[tokio::test]
+    async fn key_lookups_go_to_dns_servers() {
+        let dns = stack_tests::dns::DnsStub::builder().start().unwrap();
+        let v =
+            Verifier::with_servers(&servers(&[&dns.nameserver()]), Duration::from_secs(5)).unwrap();
+        let raw = b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=stub.test; s=sel;\r\n\
+                    \th=from; bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA\r\n\
+                    From: a@stub.test\r\n\r\n";
+        let rep = v.verify(raw, "mx.test").await;
+        assert_eq!(rep.results.len(), 1, "{rep:?}");
+        assert_ne!(rep.results[0].result, "pass", "{rep:?}");
+        let q = dns.queries_for("sel._domainkey.stub.test");
+        assert!(
+            q.iter().any(|q| q.type_name() == "TXT"),
+            "{:?}",
+            dns.queries()
         );
     }
 

@@ -184,6 +184,12 @@ fn mx_default_config_verifies_inbound_with_dns_override_and_replaces_forged_ar()
     assert!(!ar[0].contains("bank.test"), "{ar:?}");
     // The original signature still verifies after our changes (A-R is not signed).
     assert_verifies(&crlf(&good), &[remote.record()], 1);
+    // The key came from the override file: its name never reached DNS.
+    assert!(
+        d.dns().queries_for(&remote.dns_name()).is_empty(),
+        "{:?}",
+        d.dns().queries()
+    );
 
     let bad = find("e2e inbound tampered");
     let ar = header_values(&bad, "Authentication-Results");
@@ -208,4 +214,54 @@ fn mx_default_config_verifies_inbound_with_dns_override_and_replaces_forged_ar()
             .any(|l| l.contains("d=remote.test s=ext neutral (Calculated body hash does not match")),
         "{lines:?}"
     );
+}
+
+#[test]
+fn mx_verifies_inbound_with_a_key_published_only_on_dns_servers() {
+    let keys = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let remote = genkey(outside.path(), "dns-only.test", "stub", 2048);
+    // No dns-override-file: the key is only on the daemon's `dns-servers` (the stub).
+    let d = Daemon::start(keys.path(), "");
+    d.dns()
+        .add_txt(&remote.dns_name(), &remote.txt_record)
+        .unwrap();
+    let pf = Postfix::builder().mx_milters(&d.spec()).start().unwrap();
+    let signed = dkimpy_sign(
+        &message("bob@dns-only.test", "user@example.test", "e2e stub dns"),
+        "dns-only.test",
+        "stub",
+        &remote.private_key,
+    );
+    assert_eq!(
+        smtp_send(
+            pf.mx_port(),
+            "bob@dns-only.test",
+            "user@example.test",
+            &signed
+        )
+        .code,
+        250
+    );
+    let got = pf
+        .maildir("example.test", "user")
+        .wait_for(1, T)
+        .unwrap()
+        .remove(0);
+    let ar = header_values(&got, "Authentication-Results");
+    assert_eq!(ar.len(), 1, "{ar:?}");
+    assert!(
+        ar[0].starts_with(&format!("{AUTHSERV};"))
+            && ar[0].contains("dkim=pass")
+            && ar[0].contains("header.i=@dns-only.test header.s=stub"),
+        "{ar:?}"
+    );
+    // The verifier asked the stub for the key (a TXT query), so `dns-servers` is used.
+    let asked = d.dns().queries_for(&remote.dns_name());
+    assert!(
+        asked.iter().any(|q| q.type_name() == "TXT"),
+        "{:?}",
+        d.dns().queries()
+    );
+    d.wait_lines("verified: d=dns-only.test s=stub pass", 1);
 }

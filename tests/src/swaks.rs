@@ -61,11 +61,34 @@ impl SwaksRun {
     }
 }
 
+/// The EHLO name [`swaks`] sends unless the caller passes its own `--ehlo`.
+pub const DEFAULT_EHLO: &str = "client.remote.test";
+
+/// True if `args` already set the HELO/EHLO/LHLO name (`--ehlo X`, `--helo=X`, `-h X`, ...).
+fn sets_helo(args: &[&str]) -> bool {
+    args.iter().any(|a| {
+        let opt = a.split_once('=').map_or(*a, |(o, _)| o);
+        matches!(
+            opt,
+            "--ehlo" | "--helo" | "--lhlo" | "-h" | "-ehlo" | "-helo" | "-lhlo"
+        )
+    })
+}
+
 /// Runs `/usr/bin/swaks ARGS` (a non-zero exit is not an error: inspect
 /// `status`/`final_reply`).
+///
+/// Adds `--ehlo client.remote.test` ([`DEFAULT_EHLO`]) unless `args` name their own:
+/// swaks' default HELO is this machine's name, which differs between machines. (swaks
+/// 20201014 still calls `gethostbyname(hostname)` once at start for its default
+/// `--from`/Message-Id; `/etc/hosts` normally answers that.)
 pub fn swaks(args: &[&str]) -> Result<SwaksRun> {
     require_binary("/usr/bin/swaks")?;
-    let out = sys::run(Command::new("/usr/bin/swaks").args(args))?;
+    let mut cmd = Command::new("/usr/bin/swaks");
+    if !sets_helo(args) {
+        cmd.args(["--ehlo", DEFAULT_EHLO]);
+    }
+    let out = sys::run(cmd.args(args))?;
     Ok(SwaksRun {
         status: out.status,
         transcript: format!(
@@ -104,4 +127,24 @@ pub fn submit(
     ];
     args.extend_from_slice(extra);
     swaks(&args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_helo_is_recognised() {
+        assert!(!sets_helo(&[
+            "--server",
+            "127.0.0.1:25",
+            "--from",
+            "a@b.test"
+        ]));
+        assert!(sets_helo(&["--server", "x", "--ehlo", "laptop.test"]));
+        assert!(sets_helo(&["--helo=laptop.test"]));
+        assert!(sets_helo(&["-h", "laptop.test"]));
+        // A value that looks like the option is not the option.
+        assert!(!sets_helo(&["--header", "X-Note: --ehlo"]));
+    }
 }

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use stack_tests::dkim::{DkimKey, dkimpy_verify, opendkim_genkey, opendkim_test_verify};
+use stack_tests::dns::DnsStub;
 
 /// Generous: Postfix queue runs and the daemons share two cores with the build.
 pub const T: Duration = Duration::from_secs(60);
@@ -14,18 +15,23 @@ pub const T: Duration = Duration::from_secs(60);
 /// The authserv-id every test daemon uses.
 pub const AUTHSERV: &str = "mx.dkim.test";
 
-/// A running `dkim-milter` with its own config, keys dir and log file.
+/// A running `dkim-milter` with its own config, keys dir, log file and DNS stub.
 pub struct Daemon {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
     config: PathBuf,
+    // Dropped after `Drop::drop` below has killed the daemon.
+    dns: DnsStub,
 }
 
 impl Daemon {
-    /// Writes `dkim.toml` (socket, keys dir, authserv-id, 1 s poll, then `extra` lines)
-    /// and starts the daemon; returns once it listens.
+    /// Starts a [`DnsStub`] (empty: every name is NXDOMAIN until a test publishes it, see
+    /// [`Daemon::dns`]), writes `dkim.toml` (socket, keys dir, authserv-id, 1 s poll,
+    /// `dns-servers` = the stub, then `extra` lines) and starts the daemon; returns once
+    /// it listens. The verifier never asks the machine's resolver.
     pub fn start(keys_dir: &Path, extra: &str) -> Daemon {
+        let dns = DnsStub::builder().start().expect("DNS stub");
         let dir = tempfile::tempdir().expect("tempdir");
         let port = stack_tests::ports::free_port().expect("free port");
         let config = dir.path().join("dkim.toml");
@@ -33,8 +39,9 @@ impl Daemon {
             &config,
             format!(
                 "socket = \"inet:127.0.0.1:{port}\"\nkeys-dir = {keys:?}\nauthserv-id = \"{AUTHSERV}\"\n\
-                 reload-poll-seconds = 1\n{extra}\n",
+                 reload-poll-seconds = 1\ndns-servers = [\"{ns}\"]\n{extra}\n",
                 keys = keys_dir.display().to_string(),
+                ns = dns.nameserver(),
             ),
         )
         .expect("write config");
@@ -54,6 +61,7 @@ impl Daemon {
             port,
             dir,
             config,
+            dns,
         };
         let end = Instant::now() + T;
         while !d.log().contains("dkim-milter listening on") {
@@ -75,6 +83,12 @@ impl Daemon {
     /// Postfix milter spec.
     pub fn spec(&self) -> String {
         format!("inet:127.0.0.1:{}", self.port)
+    }
+
+    /// The daemon's DNS server (its `dns-servers`): publish records with `add_txt`, see
+    /// what the verifier asked with `queries_for`.
+    pub fn dns(&self) -> &DnsStub {
+        &self.dns
     }
 
     /// The config file (tests rewrite it to exercise reload).
