@@ -1,7 +1,7 @@
-//! Every message of the shared corpus (`<repo>/../shared/corpus/mail-parser/*.eml`: RFC
-//! samples, legacy mailer output, malformed messages) and of the project's own corpus
-//! (`tests/corpus/`) through the example milters' binaries, driven by milter-core's client
-//! over one connection each.
+//! Every message of the project's own corpus (`tests/corpus/`) and of every directory named
+//! in `MILTER_EXTRA_CORPUS` (CI adds `../shared/corpus/mail-parser`: RFC samples, legacy
+//! mailer output, malformed messages), as [`stack_tests::corpus`] finds them, through the
+//! example milters' binaries, driven by milter-core's client over one connection each.
 //!
 //! Proves: no message makes the client or the milter break the protocol; the header block
 //! and body as sent to the milter are exact (the body rewrite is computed by the milter
@@ -11,43 +11,31 @@
 mod support;
 use support::start;
 
-use std::path::{Path, PathBuf};
-
 use bytes::Bytes;
 use milter_core::client::{ClientConfig, Envelope, MilterClient};
 use milter_core::{Modification, Verdict};
+use stack_tests::corpus;
 
-/// The shared corpus, then the project's own (`tests/corpus/`).
+/// (label, bytes) of every corpus message: the project's own first, then the extra ones.
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut files = Vec::new();
-    for (dir, at_least) in [
-        (root.join("../../shared/corpus/mail-parser"), 10),
-        (root.join("../tests/corpus"), 10),
-    ] {
-        let mut here: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-            .collect();
-        here.sort();
-        assert!(
-            here.len() >= at_least,
-            "corpus {} has only {} messages",
-            dir.display(),
-            here.len()
-        );
-        files.extend(here);
-    }
-    files
+    let messages = corpus::messages().unwrap_or_else(|e| panic!("corpus: {e:#}"));
+    let project = messages
+        .iter()
+        .filter(|(p, _)| corpus::is_project(p))
+        .count();
+    assert!(
+        project >= corpus::PROJECT_MESSAGES,
+        "corpus {} has only {project} messages",
+        corpus::project_dir().display()
+    );
+    eprintln!(
+        "corpus: {} messages ({project} in tests/corpus, {} extra)",
+        messages.len(),
+        messages.len() - project
+    );
+    messages
         .into_iter()
-        .map(|p| {
-            let name = p
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-            let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (name, bytes)
-        })
+        .map(|(p, bytes)| (corpus::label(&p), bytes))
         .collect()
 }
 

@@ -26,6 +26,7 @@
 //! default the system temp dir), `STACK_KEEP_SANDBOX=1` (keep sandboxes for
 //! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs).
 
+pub mod corpus;
 pub mod dkim;
 pub mod dns;
 pub mod dovecot;

@@ -1,7 +1,8 @@
 //! milter-core's MTA-side client against a real OpenDKIM (signing mode):
 //! - the DKIM-Signature it inserts, applied like Postfix, verifies with dkimpy;
-//! - every corpus message replays without a protocol error, and the result is the
-//!   original byte for byte once the inserted headers are taken out;
+//! - every corpus message ([`stack_tests::corpus`]: `tests/corpus/` plus any
+//!   `MILTER_EXTRA_CORPUS` directories) replays without a protocol error, and the result is
+//!   the original byte for byte once the inserted headers are taken out;
 //! - load mode over 64 concurrent connections completes without errors.
 
 use std::path::PathBuf;
@@ -9,9 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use milter_core::Modification;
-use milter_core::client::replay::{collect_inputs, run_load};
+use milter_core::client::replay::run_load;
 use milter_core::client::{ClientConfig, Envelope, MilterClient, Outcome, Transaction};
 use milter_core::session::mta::to_crlf;
+use stack_tests::corpus;
 use stack_tests::dkim::{DkimKey, dkimpy_verify, opendkim_genkey};
 use stack_tests::opendkim::OpenDkim;
 
@@ -23,11 +25,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("tokio runtime")
-}
-
-fn corpus_dir() -> PathBuf {
-    // <repo>/tests -> <repo>/../shared/corpus/mail-parser
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus/mail-parser")
 }
 
 fn key(dir: &std::path::Path) -> anyhow::Result<DkimKey> {
@@ -153,11 +150,101 @@ fn opendkim_signature_applied_by_the_client_verifies_with_dkimpy() -> R {
     Ok(())
 }
 
-fn corpus() -> anyhow::Result<Vec<PathBuf>> {
-    let dir = corpus_dir();
-    let files = collect_inputs(std::slice::from_ref(&dir))?;
-    anyhow::ensure!(!files.is_empty(), "no corpus messages in {}", dir.display());
+fn corpus() -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
+    let files = corpus::messages()?;
+    let project = files.iter().filter(|(p, _)| corpus::is_project(p)).count();
+    anyhow::ensure!(
+        project >= corpus::PROJECT_MESSAGES,
+        "only {project} messages in {}",
+        corpus::project_dir().display()
+    );
     Ok(files)
+}
+
+/// OpenDKIM's `MaximumHeaders` default: a larger header block is refused.
+const OPENDKIM_MAX_HEADER_BYTES: usize = 65536;
+
+/// The header block's size as OpenDKIM counts it against `MaximumHeaders`: the bytes up to
+/// the first empty line.
+fn header_block_len(msg: &[u8]) -> usize {
+    let mut pos = 0;
+    for line in msg.split_inclusive(|&b| b == b'\n') {
+        if line == b"\n" || line == b"\r\n" {
+            break;
+        }
+        pos += line.len();
+    }
+    pos
+}
+
+/// `msg` with its header block respelled in the syntax dkimpy parses, the signed content
+/// unchanged (the harness's OpenDKIM signs `c=relaxed/simple`):
+/// - whitespace between a field name and its colon dropped (`To : x` becomes `To: x`),
+///   which relaxed header canonicalization drops as well;
+/// - the empty line put in where the header block ends without one, at a line that is
+///   no field: for the MTA and the milter that line already is the body's first line.
+fn header_syntax_for_dkimpy(msg: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    let (mut pos, mut in_field) = (0, false);
+    for line in msg.split_inclusive(|&b| b == b'\n') {
+        let start = pos;
+        pos += line.len();
+        if line == b"\n" || line == b"\r\n" {
+            out.extend_from_slice(&msg[start..]);
+            return out;
+        }
+        if in_field && matches!(line.first(), Some(b' ' | b'\t')) {
+            out.extend_from_slice(line);
+            continue;
+        }
+        let name = line
+            .iter()
+            .position(|&b| b == b':')
+            .map(|colon| (line[..colon].trim_ascii_end(), &line[colon..]))
+            .filter(|(name, _)| !name.is_empty() && name.iter().all(u8::is_ascii_graphic));
+        let Some((name, rest)) = name else {
+            out.extend_from_slice(if line.ends_with(b"\r\n") {
+                b"\r\n"
+            } else {
+                b"\n"
+            });
+            out.extend_from_slice(&msg[start..]);
+            return out;
+        };
+        out.extend_from_slice(name);
+        out.extend_from_slice(rest);
+        in_field = true;
+    }
+    out
+}
+
+/// Whether the header block has exactly one `From:` field and its address has a domain
+/// (`user@domain`): otherwise OpenDKIM finds no signing domain and leaves the message
+/// unsigned (RFC 5322 requires one From:; `From: Whomever` names no domain).
+fn has_from_domain(msg: &[u8]) -> bool {
+    let mut froms: Vec<Vec<u8>> = Vec::new();
+    let mut in_from = false;
+    for line in msg.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if in_from && matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(v) = froms.last_mut() {
+                v.extend_from_slice(line);
+            }
+            continue;
+        }
+        in_from = line.len() >= 5 && line[..5].eq_ignore_ascii_case(b"from:");
+        if in_from {
+            froms.push(line[5..].to_vec());
+        }
+    }
+    froms.len() == 1
+        && froms[0]
+            .iter()
+            .position(|&b| b == b'@')
+            .is_some_and(|at| froms[0].get(at + 1).is_some_and(u8::is_ascii_alphanumeric))
 }
 
 /// OpenDKIM signing whatever the From domain, with example.test's key.
@@ -184,40 +271,85 @@ fn corpus_replays_through_opendkim_byte_exact_apart_from_the_modifications() -> 
     let outcomes = rt.block_on(async {
         let mut client = MilterClient::connect(&od.milter_spec(), ClientConfig::default()).await?;
         let mut outcomes = Vec::new();
-        for f in &files {
-            let bytes = std::fs::read(f)?;
+        for (f, bytes) in &files {
             let out = client
-                .send(&submission(), &bytes)
+                .send(&submission(), bytes)
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
-            outcomes.push((f.clone(), bytes, out));
+            outcomes.push((corpus::label(f), bytes, out));
         }
         client.quit().await?;
         anyhow::Ok(outcomes)
     })?;
-    let (mut signed, mut verified, mut refused) = (0, 0, 0);
+    let (mut signed, mut verified) = (0, 0);
+    // Explained: OpenDKIM refuses a header block over MaximumHeaders, and finds no signing
+    // domain without one From: address that has a domain.
+    let (mut too_large, mut no_from_domain) = (Vec::new(), Vec::new());
+    // Verified once respelled by `header_syntax_for_dkimpy`.
+    let mut respelled = Vec::new();
+    // Unexplained: any of these fails the test.
+    let (mut refused, mut unsigned, mut unverified) = (Vec::new(), Vec::new(), Vec::new());
     for (f, original, out) in &outcomes {
         let modified = out.modified_bytes();
         assert_eq!(
             strip_added(out, &modified),
-            *original,
-            "{}: not byte-exact apart from the modifications",
-            f.display()
+            **original,
+            "{f}: not byte-exact apart from the modifications"
         );
+        let oversized = header_block_len(original) > OPENDKIM_MAX_HEADER_BYTES;
+        if !out.accepted() {
+            let what = format!("{f}: {:?} at {}", out.verdict, out.final_stage);
+            println!("{what}");
+            if oversized {
+                too_large.push(f.clone());
+            } else {
+                refused.push(what);
+            }
+            continue;
+        }
         if out.added_header("DKIM-Signature").is_some() {
             signed += 1;
-            if dkimpy_verify(&modified, &[key.record()])?.all_pass {
+            let v = dkimpy_verify(&modified, &[key.record()])?;
+            if v.all_pass {
                 verified += 1;
+            } else if v.output.contains("MessageFormatError") {
+                // dkimpy refuses header syntax that the MTA and the milter accept; verify
+                // the same signed content in the syntax it parses.
+                let fixed = header_syntax_for_dkimpy(&modified);
+                let w = dkimpy_verify(&fixed, &[key.record()])?;
+                if w.all_pass {
+                    verified += 1;
+                    respelled.push(f.clone());
+                } else {
+                    unverified.push(format!("{f}: {}\nrespelled: {}", v.output.trim(), w.output));
+                }
+            } else {
+                unverified.push(format!("{f}: {}", v.output.trim()));
             }
-        }
-        if !out.accepted() {
-            refused += 1;
-            println!("{}: {:?} at {}", f.display(), out.verdict, out.final_stage);
+        } else if !has_from_domain(original) {
+            no_from_domain.push(f.clone());
+        } else {
+            unsigned.push(f.clone());
         }
     }
     println!(
-        "corpus: {} messages, {signed} signed, {verified} of them verify with dkimpy, {refused} not accepted",
-        outcomes.len()
+        "corpus: {} messages, {signed} signed, {verified} of them verify \
+         ({} with the header syntax respelled for dkimpy: {respelled:?}); \
+         not signed: {} over {OPENDKIM_MAX_HEADER_BYTES} header bytes {too_large:?}, \
+         {} without one From: address with a domain {no_from_domain:?}",
+        outcomes.len(),
+        respelled.len(),
+        too_large.len(),
+        no_from_domain.len(),
+    );
+    assert!(refused.is_empty(), "refused by OpenDKIM: {refused:#?}");
+    assert!(
+        unsigned.is_empty(),
+        "not signed although they have one From: address with a domain: {unsigned:#?}"
+    );
+    assert!(
+        unverified.is_empty(),
+        "OpenDKIM's signature does not verify with dkimpy: {unverified:#?}"
     );
     assert!(signed > 0, "OpenDKIM signed nothing");
     Ok(())
@@ -229,14 +361,12 @@ fn load_mode_64_connections_against_opendkim_has_no_errors() -> R {
     let key = key(dir.path())?;
     let od = sign_everything(&key)?;
     let inputs: Vec<Transaction> = corpus()?
-        .iter()
-        .map(|f| {
-            Ok(Transaction {
-                envelope: submission(),
-                message: Bytes::from(std::fs::read(f)?),
-            })
+        .into_iter()
+        .map(|(_, bytes)| Transaction {
+            envelope: submission(),
+            message: Bytes::from(bytes),
         })
-        .collect::<anyhow::Result<_>>()?;
+        .collect();
     let count = 1280;
     let rt = runtime();
     let report = rt.block_on(run_load(
@@ -249,6 +379,13 @@ fn load_mode_64_connections_against_opendkim_has_no_errors() -> R {
     println!("OpenDKIM load, 64 connections: {}", report.summary());
     assert_eq!(report.errors, 0, "errors: {:?}", report.error_samples);
     assert_eq!(report.completed, count);
-    assert!(report.modified > 0, "nothing was signed under load");
+    // Relative to the corpus: most transactions are signed (the sequential test above
+    // explains each message OpenDKIM leaves unsigned).
+    assert!(
+        report.modified * 2 >= report.completed,
+        "only {} of {} transactions signed under load",
+        report.modified,
+        report.completed
+    );
     Ok(())
 }
