@@ -1,7 +1,51 @@
-//! spam-milter: the Rspamd bridge. Not built yet; this binary only says so, so that nobody
-//! mistakes it for a working daemon.
+//! `spam-milter`: command line. The logic lives in the library crate; the daemon kit
+//! (`milter-daemon`) supplies config loading, reload, logging and the runtime.
 
-fn main() {
-    eprintln!("spam-milter is not implemented yet; see the project's issues");
-    std::process::exit(2);
+use std::process::ExitCode;
+
+use clap::Parser;
+use milter_daemon::cli::ConfigArgs;
+use spam_milter::state::State;
+
+/// Rspamd bridge milter: scans each message with Rspamd and applies its verdict.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: ConfigArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let state = match State::build(cli.common.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.common.check_config {
+        println!(
+            "{}: configuration OK; socket {}; {}",
+            cli.common.source(),
+            state.config.socket,
+            state.describe()
+        );
+        return ExitCode::SUCCESS;
+    }
+    milter_daemon::logging::init(&state.config.log_level);
+    let config_path = cli.common.config;
+    milter_daemon::run::block_on(async move {
+        let registry = milter_core::metrics::Registry::new();
+        let metrics = spam_milter::metrics::SpamMetrics::new(&registry)
+            .map_err(spam_milter::milter::ServeError::Metrics)?;
+        let shared = milter_daemon::reload::shared(state);
+        let m = metrics.clone();
+        tokio::spawn(milter_daemon::reload::watch(
+            shared.clone(),
+            config_path,
+            move |ok, _| m.reloaded(ok),
+        ));
+        spam_milter::milter::serve(shared, None, metrics).await
+    })
 }
