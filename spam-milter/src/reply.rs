@@ -34,6 +34,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+/// Pairs kept from an object-valued `spam_header` (Rspamd sets one or two).
+pub const MAX_SPAM_HEADERS: usize = 8;
 /// Default [`ReplyLimits::max_bytes`]: 4 MiB, far above any real reply (a few KiB) while
 /// keeping a broken or hostile scanner from making us buffer and parse without end.
 pub const DEFAULT_MAX_BYTES: usize = 4 * 1024 * 1024;
@@ -249,11 +251,18 @@ pub struct MilterBlock {
     pub reject: Option<String>,
     /// `no_action`: add `X-Rspamd-Action: <action>` and accept instead of acting.
     pub no_action: bool,
-    /// `spam_header` as (name, value), only meant for `add header`. A string is read as the
-    /// header name with the value `"Yes"`; an object `{name: value}` gives its first usable
-    /// pair. Note: Rspamd's own milter (`milter.c`) reads a string as the *value* of its
-    /// configured spam header, and applies every pair of an object.
-    pub spam_header: Option<(String, String)>,
+    /// `spam_header`, only meant for `add header`: what the spam header says, as Rspamd's
+    /// own milter (`milter.c`) reads it.
+    pub spam_header: Option<SpamHeader>,
+}
+
+/// The milter block's `spam_header`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpamHeader {
+    /// A string: the value of the configured spam header (`X-Spam` by default).
+    Value(String),
+    /// An object: every usable `name: value` pair, each set in place of that header.
+    Headers(Vec<(String, String)>),
 }
 
 /// A parsed `/checkv2` reply: everything the milter needs to apply Rspamd's verdict and to
@@ -1002,30 +1011,39 @@ impl<'de> Pick<'de> for IndexesPick {
     }
 }
 
-/// `spam_header`: a string (the name, value "Yes") or an object (its first usable pair).
-/// Yields `Some(None)` when the shape was right but nothing was usable.
+/// `spam_header`: a string (the configured header's value) or an object (every usable
+/// pair, at most [`MAX_SPAM_HEADERS`]). Yields `Some(None)` when the shape was right but
+/// nothing was usable.
 struct SpamHeaderPick<'t> {
     max_len: usize,
     truncated: &'t mut u32,
 }
 impl<'de> Pick<'de> for SpamHeaderPick<'_> {
-    type Out = Option<(String, String)>;
+    type Out = Option<SpamHeader>;
 
     fn string(self, v: &str) -> Option<Self::Out> {
-        Some(valid_header_name(v).then(|| (v.to_owned(), "Yes".to_owned())))
+        let SpamHeaderPick { max_len, truncated } = self;
+        Some(header_value(v, max_len, truncated).map(SpamHeader::Value))
     }
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let SpamHeaderPick { max_len, truncated } = self;
-        let mut pair = None;
+        let mut pairs = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
-            if pair.is_some() || !valid_header_name(&name) {
+            if pairs.len() >= MAX_SPAM_HEADERS || !valid_header_name(&name) {
+                if pairs.len() >= MAX_SPAM_HEADERS {
+                    *truncated += 1;
+                }
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            if let Some(raw) = map.next_value_seed(Seed(StrPick))? {
-                pair = header_value(&raw, max_len, truncated).map(|v| (name, v));
+            if let Some(raw) = map.next_value_seed(Seed(StrPick))?
+                && let Some(v) = header_value(&raw, max_len, truncated)
+            {
+                pairs.push((name, v));
             }
         }
-        Ok(Some(pair))
+        Ok(Some(
+            (!pairs.is_empty()).then_some(SpamHeader::Headers(pairs)),
+        ))
     }
 }

@@ -6,7 +6,7 @@
 use spam_milter::reply::{
     Action, AddHeader, DEFAULT_MAX_ADD_HEADERS, DEFAULT_MAX_BYTES, DEFAULT_MAX_HEADER_VALUE,
     DEFAULT_MAX_REMOVE_HEADERS, DEFAULT_MAX_SYMBOLS, MilterBlock, RemoveHeader, ReplyError,
-    ReplyLimits, ScanReply, Symbol, parse,
+    ReplyLimits, ScanReply, SpamHeader, Symbol, parse,
 };
 
 const GTUBE: &[u8] = include_bytes!("samples/gtube.json");
@@ -579,7 +579,7 @@ fn milter_extras() {
             "del_rcpt": ["<victim@example.test>"],
             "reject": "quarantine",
             "no_action": true,
-            "spam_header": "X-Spam-Flag"
+            "spam_header": "Yes, 12.5"
         }"#,
     );
     assert_eq!(
@@ -593,7 +593,7 @@ fn milter_extras() {
             del_rcpt: vec!["<victim@example.test>".into()],
             reject: Some("quarantine".into()),
             no_action: true,
-            spam_header: Some(("X-Spam-Flag".into(), "Yes".into())),
+            spam_header: Some(SpamHeader::Value("Yes, 12.5".into())),
             ..MilterBlock::default()
         }
     );
@@ -617,19 +617,30 @@ fn envelope_addresses_a_bare_string_and_unusable_ones() {
 }
 
 #[test]
-fn spam_header_object_takes_the_first_usable_pair() {
+fn spam_header_object_keeps_every_usable_pair_and_a_string_is_the_value() {
     let m = milter(r#"{"spam_header": {"X-Spam-Flag": "YES", "X-Other": "no"}}"#);
-    assert_eq!(m.spam_header, Some(("X-Spam-Flag".into(), "YES".into())));
+    assert_eq!(
+        m.spam_header,
+        Some(SpamHeader::Headers(vec![
+            ("X-Spam-Flag".into(), "YES".into()),
+            ("X-Other".into(), "no".into())
+        ]))
+    );
 
     let m = milter(r#"{"spam_header": {"Bad Name": "x", "X-Num": 1, "X-Spam": "Yes\r\n\tscore"}}"#);
     assert_eq!(
         m.spam_header,
-        Some(("X-Spam".into(), "Yes\n\tscore".into()))
+        Some(SpamHeader::Headers(vec![(
+            "X-Spam".into(),
+            "Yes\n\tscore".into()
+        )]))
     );
 
     let m = milter(r#"{"spam_header": {}}"#);
     assert_eq!(m.spam_header, None);
     let m = milter(r#"{"spam_header": "Not a name"}"#);
+    assert_eq!(m.spam_header, Some(SpamHeader::Value("Not a name".into())));
+    let m = milter(r#"{"spam_header": ""}"#);
     assert_eq!(m.spam_header, None);
     let m = milter(r#"{"spam_header": ["X-Spam"]}"#);
     assert_eq!(m.spam_header, None);
