@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use crate::config::{ActionsConfig, Fallback, GreylistWith, Mode, RejectWith};
 use crate::policy::{Direction, Policy};
-use crate::reply::{Action, ScanReply};
+use crate::reply::{Action, ScanReply, SpamHeader};
 
 /// What the scan gave.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +172,29 @@ pub fn is_forged_name(patterns: &[String], name: &str) -> bool {
     })
 }
 
+/// A header value that cannot start a new header: every line break becomes a fold (LF
+/// followed by whitespace, as milter values fold), bare CRs go, and trailing breaks are
+/// dropped. Rspamd's values come from rules and Lua; a `\nX-Evil: 1` in one must not add
+/// a header of its own.
+pub fn folded(value: &str) -> String {
+    let v = value.replace('\r', "");
+    let v = v.trim_end_matches('\n');
+    let mut out = String::with_capacity(v.len() + 4);
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '\n' {
+            while chars.peek() == Some(&'\n') {
+                chars.next();
+            }
+            if !matches!(chars.peek(), Some(' ') | Some('\t')) {
+                out.push('\t');
+            }
+        }
+    }
+    out
+}
+
 /// Reply text from Rspamd or config: one line of printable text, at most 200 characters
 /// (Rspamd's `smtp_message` comes from rules and may hold anything).
 pub fn reply_text(candidates: &[Option<&str>], fallback: &str) -> String {
@@ -246,7 +269,7 @@ impl<'a> Builder<'a> {
     fn add(&mut self, name: &str, value: &str) {
         self.adds.push(Edit::Add {
             name: name.into(),
-            value: value.into(),
+            value: folded(value),
         });
     }
 
@@ -387,13 +410,13 @@ fn scanned(
                 Some(o) if o >= 0 => b.inserts.push(Edit::Insert {
                     index: o.unsigned_abs(),
                     name: h.name.clone(),
-                    value: h.value.clone(),
+                    value: folded(&h.value),
                 }),
                 // As Rspamd's proxy counts: from the end, past the MTA's own Received.
                 Some(o) if o < -1 => b.inserts.push(Edit::Insert {
                     index: u32::try_from((total + i64::from(o) + 2).max(0)).unwrap_or(0),
                     name: h.name.clone(),
-                    value: h.value.clone(),
+                    value: folded(&h.value),
                 }),
                 _ => b.add(&h.name, &h.value),
             }
@@ -402,7 +425,7 @@ fn scanned(
             b.inserts.push(Edit::Insert {
                 index: u32::try_from(i + 1).unwrap_or(u32::MAX),
                 name: "DKIM-Signature".into(),
-                value: sig.clone(),
+                value: folded(sig),
             });
         }
         if let Some(f) = &m.change_from {
@@ -433,11 +456,11 @@ fn scanned(
             .collect();
         b.add(&cfg.symbols_header, &list.join(",\n\t"));
     }
-    let (spam_name, spam_value) = m
-        .spam_header
-        .clone()
-        .filter(|_| cfg.apply_milter_block)
-        .unwrap_or_else(|| (cfg.spam_header.clone(), cfg.spam_header_value.clone()));
+    let spam_headers: Vec<(String, String)> = match m.spam_header.clone() {
+        Some(SpamHeader::Value(v)) if cfg.apply_milter_block => vec![(cfg.spam_header.clone(), v)],
+        Some(SpamHeader::Headers(h)) if cfg.apply_milter_block => h,
+        _ => vec![(cfg.spam_header.clone(), cfg.spam_header_value.clone())],
+    };
     let smtp_message = r.smtp_message.as_deref();
     let reject_text = reply_text(
         &[policy.reject_message.as_deref(), smtp_message],
@@ -521,11 +544,10 @@ fn scanned(
         return (Reply::Accept, None, summary);
     }
     if label_spam && policy.label {
-        let existing = b.headers.count(&spam_name);
-        if existing > 0 {
-            b.delete(&spam_name, 0);
+        for (name, value) in &spam_headers {
+            b.delete(name, 0);
+            b.add(name, value);
         }
-        b.add(&spam_name, &spam_value);
     }
     if let Some(s) = new_subject {
         if policy.label {
@@ -533,7 +555,7 @@ fn scanned(
                 b.changes.push(Edit::Change {
                     name: "Subject".into(),
                     occurrence: 1,
-                    value: s,
+                    value: folded(&s),
                 });
             } else {
                 b.add("Subject", &s);

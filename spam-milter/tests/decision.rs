@@ -430,6 +430,45 @@ fn failures_follow_the_policy() {
 }
 
 #[test]
+fn header_values_from_rspamd_cannot_inject_headers() {
+    use spam_milter::decision::folded;
+    assert_eq!(folded("a\nX-Evil: 1"), "a\n\tX-Evil: 1");
+    assert_eq!(folded("a;\n\tb\r\n"), "a;\n\tb");
+    assert_eq!(folded("a\n\n\nb"), "a\n\tb");
+    let c = Config::default();
+    let r =
+        json(r#"{"action":"no action","milter":{"add_headers":{"X-Note":"ok\nBcc: victim@x"}}}"#);
+    let d = run(&r, &inbound(&c), &c, HDRS);
+    assert!(adds(&d).contains(&("X-Note".into(), "ok\n\tBcc: victim@x".into())));
+}
+
+#[test]
+fn the_milter_blocks_spam_header_sets_what_add_header_writes() {
+    let c = Config::default();
+    let r = json(r#"{"action":"add header","milter":{"spam_header":"Yes, score 7"}}"#);
+    let d = run(&r, &inbound(&c), &c, HDRS);
+    assert_eq!(
+        adds(&d),
+        [("X-Spam".to_string(), "Yes, score 7".to_string())]
+    );
+    let r = json(
+        r#"{"action":"add header","milter":{"spam_header":{"X-Spam-Flag":"YES","X-Spam":"Yes"}}}"#,
+    );
+    let d = run(&r, &inbound(&c), &c, &["From", "X-Spam-Flag"]);
+    assert_eq!(
+        adds(&d),
+        [
+            ("X-Spam-Flag".to_string(), "YES".to_string()),
+            ("X-Spam".to_string(), "Yes".to_string())
+        ]
+    );
+    assert!(d.edits.contains(&Edit::Delete {
+        name: "X-Spam-Flag".into(),
+        occurrence: 1
+    }));
+}
+
+#[test]
 fn reply_texts_are_one_clean_bounded_line() {
     assert_eq!(reply_text(&[Some(" a\r\nb\tc ")], "x"), "a b c");
     assert_eq!(reply_text(&[None, Some("  ")], "fallback"), "fallback");
