@@ -214,3 +214,96 @@ fn authenticated_submission_is_scanned_as_outbound() {
     );
     d.wait_lines("(outbound spam refused)", 1);
 }
+
+/// Quarantine and oversize, switched on by reloads of the running daemon: GTUBE with
+/// `reject-with = "quarantine"` lands in Postfix's hold queue instead of being refused,
+/// and a message over `max-message-size` is delivered unscanned with a header saying so.
+#[test]
+fn quarantine_and_oversize_through_postfix_after_reloads() {
+    let rspamd = Rspamd::builder().start().unwrap();
+    let d = Daemon::start(&format!(
+        "{}[actions]\nreject-with = \"quarantine\"\n",
+        rspamd_upstream(&rspamd)
+    ));
+    let pf = Postfix::builder().mx_milters(&d.spec()).start().unwrap();
+    let r = smtp_send(
+        pf.mx_port(),
+        "spammer@remote.test",
+        "user@example.test",
+        &message(
+            "Spammer <spammer@remote.test>",
+            "user@example.test",
+            "held gtube",
+            "",
+            GTUBE,
+        ),
+    );
+    assert_eq!(r.code, 250, "quarantine accepts: {}", r.text);
+    let line = &d.wait_lines("-> quarantine (Gtube pattern)", 1)[0];
+    assert!(line.contains("action=\"reject\""), "{line}");
+    let end = std::time::Instant::now() + T;
+    loop {
+        let q = pf.mailq().unwrap();
+        // postqueue marks held messages with `!` after the queue id.
+        if q.lines().any(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|id| id.ends_with('!'))
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "nothing on hold:\n{q}\n{}",
+            pf.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        pf.maildir("example.test", "user")
+            .new_messages()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A reload to a small size cap: the next message is not scanned.
+    let text = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(d.config_path(), format!("max-message-size = 2048\n{text}")).unwrap();
+    d.signal(libc::SIGUSR1);
+    d.wait_lines("reloaded (SIGUSR1)", 1);
+    let big =
+        "A long line of an ordinary newsletter, repeated to pass the size cap.\r\n".repeat(60);
+    let r = smtp_send(
+        pf.mx_port(),
+        "news@remote.test",
+        "user@example.test",
+        &message(
+            "News <news@remote.test>",
+            "user@example.test",
+            "big news",
+            "X-Spam: No\r\n",
+            &big,
+        ),
+    );
+    assert_eq!(r.code, 250, "{}", r.text);
+    let msgs = pf.maildir("example.test", "user").wait_for(1, T).unwrap();
+    let status = header_values(&msgs[0], "X-Spam-Milter");
+    assert_eq!(status.len(), 1, "{}", String::from_utf8_lossy(&msgs[0]));
+    assert!(
+        status[0].starts_with("unscanned (message of "),
+        "{status:?}"
+    );
+    assert!(
+        status[0].ends_with("bytes over max-message-size 2048)"),
+        "{status:?}"
+    );
+    assert!(
+        header_values(&msgs[0], "X-Spam").is_empty(),
+        "forged X-Spam kept"
+    );
+    assert!(
+        header_values(&msgs[0], "X-Spamd-Result").is_empty(),
+        "was scanned"
+    );
+    d.wait_lines("over max-message-size 2048: accept by policy", 1);
+}
