@@ -105,6 +105,18 @@ pub enum OnKeyError {
     Accept,
 }
 
+/// What a domain directory without any `*.private` file means (a panel made the directory
+/// but no key yet, or a rotation removed the old key before the new one arrived).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmptyDomainDir {
+    /// A warning for that domain; its mail passes unsigned, as for a domain without a
+    /// directory (OpenDKIM's `On-KeyNotFound accept`; default).
+    Unsigned,
+    /// A broken key: its mail follows `on-key-error`.
+    KeyError,
+}
+
 /// How strictly private key file permissions are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -193,6 +205,22 @@ pub struct Config {
     /// Permission bits of a `unix:` socket, octal (e.g. `"0660"` so Postfix's group can
     /// connect). Unset: the process umask decides.
     pub socket_mode: Option<SocketMode>,
+    /// Owner of a `unix:` socket (user name or number), set after binding. Unset: the
+    /// user the daemon starts as. Changing it needs root (or CAP_CHOWN).
+    pub socket_owner: Option<String>,
+    /// Group of a `unix:` socket (group name or number), e.g. `postfix`. Unset: the
+    /// directory's (setgid) or the daemon's group.
+    pub socket_group: Option<String>,
+    /// A file to write the daemon's pid to once it listens, removed again at exit, e.g.
+    /// `/run/dkim-milter/dkim-milter.pid` (a missing directory is created). Unset: none.
+    pub pid_file: Option<PathBuf>,
+    /// Started as root: switch to this user after binding (OpenDKIM `UserID`), as
+    /// `"user"` (its primary and supplementary groups) or `"user:group"`; names or
+    /// numbers. Keys and tables are read again as that user. Unset: keep the user started as.
+    pub user: Option<String>,
+    /// Serve as root when `user` is unset. Off: a daemon started as root without `user`
+    /// refuses to run.
+    pub allow_root: bool,
     /// Root of the opendkim-genkey layout `{keys-dir}/{domain}/{selector}.private`.
     pub keys_dir: PathBuf,
     /// Clients whose mail is signed (OpenDKIM `InternalHosts`), CIDR or address.
@@ -202,12 +230,15 @@ pub struct Config {
     pub originating_daemon_names: Vec<String>,
     /// `c=` as `header/body`.
     pub canonicalization: Canonicalization,
-    /// authserv-id written into (and protected in) Authentication-Results. Default: host name.
+    /// authserv-id written into (and protected in) Authentication-Results. Default: the
+    /// MTA's `j` macro (its `myhostname`), else this host's FQDN.
     pub authserv_id: Option<String>,
     /// `sign`, `verify` or `sign+verify`.
     pub mode: Mode,
     /// `tempfail` or `accept` when the sender domain's key is broken.
     pub on_key_error: OnKeyError,
+    /// `unsigned` or `key-error`: what a domain directory without keys means.
+    pub empty_domain_dir: EmptyDomainDir,
     /// Sign `sub.example.com` with the key of `example.com` when it has none of its own.
     pub sign_subdomains: bool,
     /// Only sign when the SASL login (`{auth_authen}`) has the From domain after its `@`.
@@ -292,6 +323,11 @@ impl Default for Config {
         Config {
             socket: "inet:127.0.0.1:8891".into(),
             socket_mode: None,
+            socket_owner: None,
+            socket_group: None,
+            pid_file: None,
+            user: None,
+            allow_root: false,
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
             internal_hosts: Cidr::loopback(),
             originating_daemon_names: Vec::new(),
@@ -302,6 +338,7 @@ impl Default for Config {
             authserv_id: None,
             mode: Mode::SignVerify,
             on_key_error: OnKeyError::Tempfail,
+            empty_domain_dir: EmptyDomainDir::Unsigned,
             sign_subdomains: false,
             require_sasl_domain_match: false,
             signature_ttl: None,
@@ -366,6 +403,44 @@ impl Config {
                 "authserv-id {id:?} must be one token without spaces or ';'"
             )));
         }
+        let unix = matches!(
+            milter_core::server::Endpoint::parse(&self.socket),
+            Ok(milter_core::server::Endpoint::Unix(_))
+        );
+        for (name, set) in [
+            ("socket-owner", self.socket_owner.is_some()),
+            ("socket-group", self.socket_group.is_some()),
+        ] {
+            if set && !unix {
+                return Err(bad(format!(
+                    "{name} applies to unix: sockets only (socket is {:?})",
+                    self.socket
+                )));
+            }
+        }
+        for (name, v) in [
+            ("socket-owner", &self.socket_owner),
+            ("socket-group", &self.socket_group),
+        ] {
+            if let Some(v) = v
+                && (v.is_empty() || v.contains(|c: char| c.is_whitespace() || c == ':'))
+            {
+                return Err(bad(format!(
+                    "{name} {v:?} must be one user or group name or number"
+                )));
+            }
+        }
+        if let Some(u) = &self.user {
+            crate::process::UserSpec::parse(u).map_err(bad)?;
+        }
+        if let Some(p) = &self.pid_file
+            && (!p.is_absolute() || p.file_name().is_none())
+        {
+            return Err(bad(format!(
+                "pid-file {:?} must be an absolute file path",
+                p.display().to_string()
+            )));
+        }
         if self.reload_poll_seconds == 0 {
             return Err(bad("reload-poll-seconds must be at least 1".into()));
         }
@@ -393,7 +468,9 @@ impl Config {
         self.socket_mode.map(SocketMode::bits)
     }
 
-    /// The authserv-id to use: configured, else the host name.
+    /// The authserv-id when the MTA does not name itself (no usable `j` macro):
+    /// configured, else this host's name (the FQDN from /etc/hosts when the kernel's is
+    /// short).
     pub fn authserv_id(&self) -> String {
         self.authserv_id.clone().unwrap_or_else(hostname)
     }
@@ -565,6 +642,46 @@ dns-timeout = "1500ms"
         assert!(e.to_string().contains("at least one server"), "{e}");
         let e = p("dns-timeout = 0").unwrap_err();
         assert!(e.to_string().contains("dns-timeout"), "{e}");
+    }
+
+    #[test]
+    fn operations_options() {
+        let c = p("").unwrap();
+        assert_eq!((&c.user, c.allow_root, &c.pid_file), (&None, false, &None));
+        assert_eq!(c.empty_domain_dir, EmptyDomainDir::Unsigned);
+        let c = p(r#"
+socket = "local:/run/dkim-milter/dkim.sock"
+socket-owner = "opendkim"
+socket-group = "postfix"
+pid-file = "/run/dkim-milter/dkim-milter.pid"
+user = "opendkim:opendkim"
+allow-root = true
+empty-domain-dir = "key-error"
+"#)
+        .unwrap();
+        assert_eq!(c.socket_group.as_deref(), Some("postfix"));
+        assert_eq!(
+            c.pid_file.as_deref(),
+            Some(Path::new("/run/dkim-milter/dkim-milter.pid"))
+        );
+        assert_eq!(c.empty_domain_dir, EmptyDomainDir::KeyError);
+        for (text, needle) in [
+            ("socket-group = \"postfix\"", "unix: sockets only"),
+            (
+                "socket = \"unix:/x.sock\"\nsocket-owner = \"a b\"",
+                "one user or group",
+            ),
+            ("pid-file = \"run/x.pid\"", "absolute"),
+            ("user = \"a:b:c\"", "user:group"),
+            ("user = \"\"", "user:group"),
+            (
+                "empty-domain-dir = \"tempfail\"",
+                "expected `unsigned` or `key-error`",
+            ),
+        ] {
+            let e = p(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
     }
 
     #[test]

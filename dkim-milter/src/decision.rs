@@ -46,6 +46,14 @@ pub enum Reason {
     NoFromAddress,
     /// Ours, but we have no key for the From domain.
     NoKey,
+    /// Ours, but the From domain's directory holds no key (`empty-domain-dir =
+    /// "unsigned"`).
+    EmptyDomainDir {
+        /// The domain whose directory is empty.
+        domain: String,
+        /// Which directory.
+        detail: String,
+    },
     /// Ours, but the domain's key is broken.
     KeyError {
         /// Domain at fault.
@@ -73,6 +81,9 @@ impl std::fmt::Display for Reason {
             }
             Reason::NoFromAddress => f.write_str("no usable From address"),
             Reason::NoKey => f.write_str("no signing key for the From domain"),
+            Reason::EmptyDomainDir { domain, detail } => {
+                write!(f, "no signing key for the From domain: {domain}: {detail}")
+            }
             Reason::KeyError { domain, error } => write!(f, "key error for {domain}: {error}"),
             Reason::SaslDomainMismatch { login } => {
                 write!(f, "SASL login {login:?} is not in the From domain")
@@ -161,6 +172,9 @@ pub fn decide(cfg: &Config, origin: &Origin<'_>, lookup: impl Fn(&str) -> Lookup
     match lookup(from) {
         Lookup::Sign(keys) => d(Action::Sign(keys), Reason::Ours(trust)),
         Lookup::NoKey => not_signed(Reason::NoKey),
+        Lookup::EmptyDir { domain, detail } => {
+            not_signed(Reason::EmptyDomainDir { domain, detail })
+        }
         Lookup::KeyError { domain, error } => {
             d(Action::KeyError, Reason::KeyError { domain, error })
         }
@@ -195,6 +209,10 @@ mod tests {
             Some("broken.com") => Lookup::KeyError {
                 domain: "broken.com".into(),
                 error: "bad key".into(),
+            },
+            Some("empty.com") => Lookup::EmptyDir {
+                domain: "empty.com".into(),
+                detail: "/k/empty.com: no *.private key files".into(),
             },
             _ => Lookup::NoKey,
         }
@@ -319,6 +337,19 @@ mod tests {
         );
         assert!(matches!(dec.action, Action::KeyError));
         assert_eq!(dec.reason.to_string(), "key error for broken.com: bad key");
+        // An empty domain directory is "no key" (verified in mode sv), never a key error.
+        let dec = run(
+            &c,
+            Origin {
+                from_address: Some("a@empty.com"),
+                ..base.clone()
+            },
+        );
+        assert!(matches!(dec.action, Action::Verify));
+        assert_eq!(
+            dec.reason.to_string(),
+            "no signing key for the From domain: empty.com: /k/empty.com: no *.private key files"
+        );
         let v = Config {
             mode: Mode::Verify,
             ..Config::default()

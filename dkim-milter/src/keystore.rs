@@ -2,7 +2,10 @@
 //!
 //! Sources: the opendkim-genkey directory layout `{keys-dir}/{domain}/{selector}.private`,
 //! or OpenDKIM KeyTable + SigningTable. A broken key is recorded as that domain's
-//! error (or that KeyTable entry's) and the other domains keep signing.
+//! error (or that KeyTable entry's), a warning for the operator, and the other domains
+//! keep signing; only an unreadable keys dir or a broken table fails the whole load.
+//! A domain directory without any key is a warning too; by default its mail passes
+//! unsigned (`empty-domain-dir`).
 //!
 //! Selector rule for the directory layout, per domain:
 //! 1. `[domain."d"] selectors = [...]` in the config: exactly those (a missing or broken
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use mail_auth::crypto::{Algorithm, SigningKey};
 use mail_auth::headers::Writable;
 
-use crate::config::{Config, SelectorRule};
+use crate::config::{Config, EmptyDomainDir, SelectorRule};
 use crate::keys::{self, AnyKey, KeyKind, ParsedKey};
 use crate::tables::{KeySource, KeyTable, SigningTable};
 
@@ -83,17 +86,62 @@ pub enum Lookup {
         /// Why.
         error: String,
     },
+    /// The sender's domain has a directory but no key in it (`empty-domain-dir =
+    /// "unsigned"`): not signed, like [`Lookup::NoKey`], with the reason logged.
+    EmptyDir {
+        /// The domain.
+        domain: String,
+        /// Which directory.
+        detail: String,
+    },
     /// We do not sign for this sender.
     NoKey,
+}
+
+/// How much a load-time finding matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// A key loaded as expected.
+    Info,
+    /// A key loaded, or a file was skipped, but something needs the operator's eye
+    /// (permissions, a short RSA key, a `.txt` that does not match, a bad file name).
+    Warning,
+    /// The domain (or KeyTable key) named in the text does not sign. Still a warning
+    /// for `--check-config` (only `--strict` fails on it): every other domain signs.
+    NotSigning,
 }
 
 /// A load-time finding, for logs and `--check-config`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
-    /// True if this disables signing for the domain/key named in `text`.
-    pub error: bool,
+    /// How much it matters.
+    pub level: Level,
     /// Human text, starting with the domain or file.
     pub text: String,
+}
+
+impl Note {
+    /// True for anything but a plain "loaded" line.
+    pub fn is_warning(&self) -> bool {
+        self.level != Level::Info
+    }
+}
+
+/// One domain of the directory layout.
+#[derive(Debug, Clone)]
+enum DomainKeys {
+    /// Ready to sign.
+    Keys(Vec<SignKey>),
+    /// Broken (or empty, with `empty-domain-dir = "key-error"`): on-key-error applies.
+    Broken(String),
+    /// No key in the directory: mail passes unsigned.
+    Empty(String),
+}
+
+/// Why [`load_domain_dir`] found nothing to sign with.
+enum DirProblem {
+    Empty(String),
+    Broken(String),
 }
 
 /// A problem that makes the whole store unusable (the old one keeps serving).
@@ -113,7 +161,7 @@ pub enum StoreError {
 }
 
 enum Source {
-    Dir(BTreeMap<String, Result<Vec<SignKey>, String>>),
+    Dir(BTreeMap<String, DomainKeys>),
     Tables {
         keys: BTreeMap<String, Result<SignKey, String>>,
         table: SigningTable,
@@ -157,22 +205,28 @@ fn load_checked(
         describe(&parsed),
         path.display()
     );
+    let mut level = Level::Info;
     if let Some(w) = perm_warning {
         text.push_str(&format!("; warning: {w}"));
+        level = Level::Warning;
     }
     if parsed.is_legacy() {
         text.push_str(&format!(
             "; warning: RSA key under {} bits; accepted, rotate to 2048",
             keys::AWS_LC_MIN_RSA_BITS
         ));
+        level = Level::Warning;
     }
     let txt = path.with_extension("txt");
     match keys::check_txt(&parsed, &txt) {
         Ok(Some(_)) => text.push_str(&format!("; {} matches", txt.display())),
         Ok(None) => {}
-        Err(e) => text.push_str(&format!("; warning: {e}")),
+        Err(e) => {
+            text.push_str(&format!("; warning: {e}"));
+            level = Level::Warning;
+        }
     }
-    notes.push(Note { error: false, text });
+    notes.push(Note { level, text });
     Ok(SignKey {
         domain: domain.to_string(),
         selector: selector.to_string(),
@@ -203,23 +257,25 @@ fn load_domain_dir(
     domain: &str,
     cfg: &Config,
     notes: &mut Vec<Note>,
-) -> Result<Vec<SignKey>, String> {
+) -> Result<Vec<SignKey>, DirProblem> {
     if let Some(dc) = cfg.domain.get(domain).filter(|d| !d.selectors.is_empty()) {
         let mut keys = Vec::new();
         for sel in &dc.selectors {
-            let k = load_checked(&dir.join(format!("{sel}.private")), domain, sel, cfg, notes)?;
+            let k = load_checked(&dir.join(format!("{sel}.private")), domain, sel, cfg, notes)
+                .map_err(DirProblem::Broken)?;
             if keys.iter().any(|o: &SignKey| o.kind == k.kind) {
-                return Err(format!(
+                return Err(DirProblem::Broken(format!(
                     "configured selectors {:?} hold two {} keys; list one RSA and/or one Ed25519",
                     dc.selectors,
                     k.kind.k()
-                ));
+                )));
             }
             keys.push(k);
         }
         return Ok(keys);
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| DirProblem::Broken(format!("{}: {e}", dir.display())))?;
     // (selector, mtime, path)
     let mut cands: Vec<(String, std::time::SystemTime, PathBuf)> = Vec::new();
     for ent in rd.flatten() {
@@ -233,9 +289,9 @@ fn load_domain_dir(
         };
         if !is_dns_name(sel) {
             notes.push(Note {
-                error: false,
+                level: Level::Warning,
                 text: format!(
-                    "{domain}: ignoring {}: not a valid selector name",
+                    "{domain}: warning: ignoring {}: not a valid selector name",
                     p.display()
                 ),
             });
@@ -248,7 +304,10 @@ fn load_domain_dir(
         cands.push((sel.to_string(), mtime, p));
     }
     if cands.is_empty() {
-        return Err(format!("{}: no *.private key files", dir.display()));
+        return Err(DirProblem::Empty(format!(
+            "{}: no *.private key files",
+            dir.display()
+        )));
     }
     match cfg.selector_rule {
         SelectorRule::HighestName => cands.sort_by(|a, b| b.0.cmp(&a.0)),
@@ -267,7 +326,7 @@ fn load_domain_dir(
     }
     let mut keys = Vec::new();
     for (_, (sel, _, path)) in chosen {
-        keys.push(load_checked(path, domain, sel, cfg, notes)?);
+        keys.push(load_checked(path, domain, sel, cfg, notes).map_err(DirProblem::Broken)?);
     }
     Ok(keys)
 }
@@ -309,7 +368,7 @@ impl KeyStore {
                     };
                     if let Err(err) = &r {
                         notes.push(Note {
-                            error: true,
+                            level: Level::NotSigning,
                             text: format!("KeyTable entry {}: {err}", e.name),
                         });
                     }
@@ -318,7 +377,7 @@ impl KeyStore {
                 for s in &table.entries {
                     if s.key_name != "%" && key_table.get(&s.key_name).is_none() {
                         notes.push(Note {
-                            error: true,
+                            level: Level::NotSigning,
                             text: format!(
                                 "{}:{}: key name {:?} is not in the KeyTable",
                                 st_path.display(),
@@ -352,19 +411,34 @@ impl KeyStore {
                         continue;
                     }
                     let domain = name.to_ascii_lowercase();
-                    let r = load_domain_dir(&path, &domain, cfg, &mut notes);
-                    if let Err(e) = &r {
-                        notes.push(Note {
-                            error: true,
-                            text: format!("{domain}: not signing: {e}"),
-                        });
-                    }
-                    domains.insert(domain, r);
+                    let entry = match load_domain_dir(&path, &domain, cfg, &mut notes) {
+                        Ok(keys) => DomainKeys::Keys(keys),
+                        Err(DirProblem::Empty(e))
+                            if cfg.empty_domain_dir == EmptyDomainDir::Unsigned =>
+                        {
+                            notes.push(Note {
+                                level: Level::NotSigning,
+                                text: format!(
+                                    "{domain}: not signing: {e}; its mail passes unsigned \
+                                     (empty-domain-dir = \"unsigned\")"
+                                ),
+                            });
+                            DomainKeys::Empty(e)
+                        }
+                        Err(DirProblem::Empty(e) | DirProblem::Broken(e)) => {
+                            notes.push(Note {
+                                level: Level::NotSigning,
+                                text: format!("{domain}: not signing: {e}"),
+                            });
+                            DomainKeys::Broken(e)
+                        }
+                    };
+                    domains.insert(domain, entry);
                 }
                 for d in cfg.domain.keys() {
                     if !domains.contains_key(&d.to_ascii_lowercase()) {
                         notes.push(Note {
-                            error: true,
+                            level: Level::NotSigning,
                             text: format!(
                                 "{d}: configured in [domain] but {} has no such directory",
                                 cfg.keys_dir.display()
@@ -391,17 +465,30 @@ impl KeyStore {
     /// Number of domains (dir layout) or KeyTable keys that can sign.
     pub fn usable_count(&self) -> usize {
         match &self.source {
-            Source::Dir(d) => d.values().filter(|r| r.is_ok()).count(),
+            Source::Dir(d) => d
+                .values()
+                .filter(|r| matches!(r, DomainKeys::Keys(_)))
+                .count(),
             Source::Tables { keys, .. } => keys.values().filter(|r| r.is_ok()).count(),
         }
     }
 
-    /// Number of domains (dir layout) or KeyTable keys whose key could not be loaded.
+    /// Number of domains (dir layout) or KeyTable keys whose key could not be loaded
+    /// (their mail follows `on-key-error`).
     pub fn broken_count(&self) -> usize {
         match &self.source {
-            Source::Dir(d) => d.values().filter(|r| r.is_err()).count(),
+            Source::Dir(d) => d
+                .values()
+                .filter(|r| matches!(r, DomainKeys::Broken(_)))
+                .count(),
             Source::Tables { keys, .. } => keys.values().filter(|r| r.is_err()).count(),
         }
+    }
+
+    /// Number of load-time warnings: domains or keys that do not sign, and keys that
+    /// sign but need a look (see [`Note::is_warning`]).
+    pub fn warning_count(&self) -> usize {
+        self.notes.iter().filter(|n| n.is_warning()).count()
     }
 
     /// Keys for a From address (`user@domain`, domain lowercased by the caller or not).
@@ -415,11 +502,17 @@ impl KeyStore {
                 let mut d = from_domain;
                 loop {
                     match domains.get(d) {
-                        Some(Ok(keys)) => return Lookup::Sign(keys.clone()),
-                        Some(Err(e)) => {
+                        Some(DomainKeys::Keys(keys)) => return Lookup::Sign(keys.clone()),
+                        Some(DomainKeys::Broken(e)) => {
                             return Lookup::KeyError {
                                 domain: d.to_string(),
                                 error: e.clone(),
+                            };
+                        }
+                        Some(DomainKeys::Empty(e)) => {
+                            return Lookup::EmptyDir {
+                                domain: d.to_string(),
+                                detail: e.clone(),
                             };
                         }
                         None => {}
@@ -571,13 +664,42 @@ mod tests {
         assert!(
             s.notes()
                 .iter()
-                .any(|n| n.error && n.text.starts_with("broken.net"))
+                .any(|n| n.level == Level::NotSigning && n.text.starts_with("broken.net"))
         );
         assert!(
             s.notes()
                 .iter()
-                .any(|n| !n.error && n.text.contains("2025.txt matches"))
+                .any(|n| n.level == Level::Info && n.text.contains("2025.txt matches"))
         );
+        assert_eq!(s.broken_count(), 1);
+        assert_eq!(s.warning_count(), 1);
+    }
+
+    #[test]
+    fn empty_domain_dir_is_unsigned_or_a_key_error() {
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "default");
+        std::fs::create_dir(t.path().join("empty.org")).unwrap();
+        let s = KeyStore::load(&cfg(t.path())).unwrap();
+        match s.lookup("a@empty.org") {
+            Lookup::EmptyDir { domain, detail } => {
+                assert_eq!(domain, "empty.org");
+                assert!(detail.contains("no *.private key files"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s.lookup("a@example.com"), Lookup::Sign(_)));
+        assert_eq!((s.usable_count(), s.broken_count()), (1, 0));
+        assert_eq!(s.warning_count(), 1);
+        assert!(s.notes().iter().any(|n| n.level == Level::NotSigning
+            && n.text.starts_with("empty.org: not signing")
+            && n.text.contains("passes unsigned")));
+
+        let mut c = cfg(t.path());
+        c.empty_domain_dir = EmptyDomainDir::KeyError;
+        let s = KeyStore::load(&c).unwrap();
+        assert!(matches!(s.lookup("a@empty.org"), Lookup::KeyError { .. }));
+        assert_eq!((s.usable_count(), s.broken_count()), (1, 1));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use dkim_milter::keygen::{self, Algo};
+use dkim_milter::process::{self, UserSpec};
 use dkim_milter::reload::State;
 use milter_daemon::cli::ConfigArgs;
 
@@ -15,6 +16,10 @@ use milter_daemon::cli::ConfigArgs;
 struct Cli {
     #[command(flatten)]
     common: ConfigArgs,
+    /// With --check-config: exit 1 on warnings too (a domain whose key is broken or
+    /// missing, unsafe key permissions), not only on errors that stop the daemon.
+    #[arg(long, requires = "check_config")]
+    strict: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -79,42 +84,87 @@ fn keygen_cmd(cli: &Cli, a: &KeygenArgs) -> ExitCode {
     }
 }
 
+/// `--check-config`: exit 1 for what stops the daemon (config syntax or values, an
+/// unreadable keys dir, a broken table, an unknown user or socket owner/group); per-domain
+/// key problems are warnings (every other domain signs) unless `--strict`.
 fn check_config(cli: &Cli) -> ExitCode {
     let where_ = cli.common.source();
-    match State::build(cli.common.config.as_deref()) {
-        Ok(st) => {
-            let mut errors = 0;
-            for n in st.keys.notes() {
-                if n.error {
-                    errors += 1;
-                    println!("error: {}", n.text);
-                } else if n.text.contains("warning:") {
-                    println!("warning: {}", n.text);
-                } else {
-                    println!("ok: {}", n.text);
-                }
-            }
-            if errors > 0 {
-                println!(
-                    "{where_}: {errors} problem(s); {} signing domain(s)/key(s) usable",
-                    st.keys.usable_count()
-                );
-                ExitCode::FAILURE
-            } else {
-                println!(
-                    "{where_}: configuration OK; {} signing domain(s)/key(s); socket {}; authserv-id {}",
-                    st.keys.usable_count(),
-                    st.config.socket,
-                    st.authserv_id
-                );
-                ExitCode::SUCCESS
-            }
-        }
+    let st = match State::build(cli.common.config.as_deref()) {
+        Ok(st) => st,
         Err(e) => {
             println!("error: {e}");
-            ExitCode::FAILURE
+            println!("{where_}: the daemon would not start");
+            return ExitCode::FAILURE;
         }
+    };
+    let cfg = &st.config;
+    let mut errors = Vec::new();
+    if let Err(e) = milter_core::server::Endpoint::parse(&cfg.socket) {
+        errors.push(format!("socket: {e}"));
     }
+    if let Some(u) = &cfg.user
+        && let Err(e) = UserSpec::parse(u).and_then(|s| s.resolve())
+    {
+        errors.push(e);
+    }
+    if let Some(o) = &cfg.socket_owner
+        && let Err(e) = process::resolve_uid(o)
+    {
+        errors.push(format!("socket-owner: {e}"));
+    }
+    if let Some(g) = &cfg.socket_group
+        && let Err(e) = process::resolve_gid(g)
+    {
+        errors.push(format!("socket-group: {e}"));
+    }
+    for n in st.keys.notes() {
+        let level = if n.is_warning() { "warning" } else { "ok" };
+        println!("{level}: {}", n.text);
+    }
+    for e in &errors {
+        println!("error: {e}");
+    }
+    let euid = nix::unistd::geteuid();
+    if errors.is_empty()
+        && let Err(e) = process::plan(cfg, euid)
+    {
+        // Depends on who runs the check, not only on the config (systemd may start the
+        // daemon as another user): a note, not an error.
+        println!("note: started as uid {euid} the daemon would not serve: {e}");
+    }
+    let usable = st.keys.usable_count();
+    let warnings = st.keys.warning_count();
+    if !errors.is_empty() {
+        println!(
+            "{where_}: {} error(s): the daemon would not start",
+            errors.len()
+        );
+        return ExitCode::FAILURE;
+    }
+    if warnings > 0 && cli.strict {
+        println!(
+            "{where_}: {warnings} warning(s), failing because of --strict; {usable} signing \
+             domain(s)/key(s) usable"
+        );
+        return ExitCode::FAILURE;
+    }
+    let warned = if warnings > 0 {
+        format!(
+            " ({warnings} warning(s) above: those domains follow their settings, every other signs)"
+        )
+    } else {
+        String::new()
+    };
+    let authserv = match &cfg.authserv_id {
+        Some(id) => id.clone(),
+        None => format!("the MTA's j macro, else {}", st.authserv_id),
+    };
+    println!(
+        "{where_}: configuration OK; {usable} signing domain(s)/key(s){warned}; socket {}; \
+         authserv-id {authserv}",
+        cfg.socket
+    );
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {

@@ -13,6 +13,7 @@
 //! | `dkim_milter_reloads_total` | counter | `result`: ok, failed |
 //! | `dkim_milter_keys_loaded` | gauge | |
 //! | `dkim_milter_broken_key_domains` | gauge | |
+//! | `dkim_milter_key_warnings` | gauge | (load-time key warnings of the state serving) |
 
 use milter_core::metrics::{Counter, CounterFamily, Gauge, MetricsError, Registry};
 use milter_daemon::metrics::ReloadCounter;
@@ -35,6 +36,7 @@ pub struct DkimMetrics {
     reloads: ReloadCounter,
     keys_loaded: Gauge,
     broken_domains: Gauge,
+    key_warnings: Gauge,
 }
 
 impl DkimMetrics {
@@ -87,6 +89,11 @@ impl DkimMetrics {
                 "dkim_milter_broken_key_domains",
                 "Domains (or KeyTable keys) whose key could not be loaded.",
             )?,
+            key_warnings: registry.gauge(
+                "dkim_milter_key_warnings",
+                "Key warnings of the configuration serving: domains not signing (broken key, \
+                 empty directory), keys signing with a warning (see the log or --check-config).",
+            )?,
         })
     }
 
@@ -128,6 +135,7 @@ impl DkimMetrics {
     pub fn keys(&self, st: &State) {
         self.keys_loaded.set(st.keys.usable_count() as i64);
         self.broken_domains.set(st.keys.broken_count() as i64);
+        self.key_warnings.set(st.keys.warning_count() as i64);
     }
 }
 

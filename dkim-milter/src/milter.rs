@@ -17,7 +17,8 @@ use milter_core::{Actions, ConnectInfo, Envelope, ProtocolFlags, SocketInfo, Sta
 
 use crate::config::Config;
 use crate::metrics::DkimMetrics;
-use crate::reload::Shared;
+use crate::process::{self, Privileges};
+use crate::reload::{Shared, State};
 use crate::transaction::{EomOutcome, Facts, Transaction};
 use crate::verify::{Caches, Verifier, authenticator};
 
@@ -33,6 +34,17 @@ pub enum ServeError {
     /// The resolver for `dns-servers` could not be set up.
     #[error("dns-servers: {0}")]
     Resolver(#[from] crate::verify::ResolverError),
+    /// The process set-up (`user`, `allow-root`, `pid-file`, socket owner/group) failed.
+    #[error("{0}")]
+    Process(String),
+    /// Keys and tables could not be read again as the `user` switched to.
+    #[error("as user {user}: {error}")]
+    AsUser {
+        /// The user.
+        user: String,
+        /// What failed.
+        error: crate::reload::LoadError,
+    },
     /// The DNS override file (a test hook) could not be read.
     #[error("dns-override-file {path}: {reason}")]
     DnsOverride {
@@ -73,6 +85,7 @@ pub struct DkimMilter {
     leadspc: bool,
     client_addr: Option<IpAddr>,
     daemon_name: Option<String>,
+    mta_hostname: Option<String>,
     tx: Option<Transaction>,
 }
 
@@ -101,6 +114,7 @@ impl DkimMilter {
             leadspc: false,
             client_addr: None,
             daemon_name: None,
+            mta_hostname: None,
             tx: None,
         }
     }
@@ -119,6 +133,7 @@ impl DkimMilter {
                 Facts {
                     client_addr: self.client_addr,
                     daemon_name: self.daemon_name.clone(),
+                    mta_hostname: self.mta_hostname.clone(),
                     auth_type: non_empty(ctx.macro_str("{auth_type}")),
                     auth_authen: non_empty(ctx.macro_str("{auth_authen}")),
                     queue_id: non_empty(ctx.macro_str("i")),
@@ -156,6 +171,11 @@ pub fn apply_outcome(out: &EomOutcome, actions: &mut EomActions) -> Verdict {
         tracing::error!("{}; modification refused ({e}): tempfail", out.log);
         return Verdict::reply(451, "4.3.0", "DKIM milter internal error, try again later");
     }
+    if let Some(text) = &out.reject {
+        let (enhanced, text) = text.split_once(' ').unwrap_or(("5.7.1", text.as_str()));
+        tracing::warn!("{}", out.log);
+        return Verdict::reply(550, enhanced, text);
+    }
     match &out.tempfail {
         Some(text) => {
             let (enhanced, text) = match text.split_once(' ') {
@@ -184,6 +204,7 @@ impl Milter for DkimMilter {
             _ => None,
         };
         self.daemon_name = non_empty(ctx.macro_str("{daemon_name}"));
+        self.mta_hostname = non_empty(ctx.macro_str("j"));
         self.tx = None;
         Verdict::Continue
     }
@@ -195,6 +216,9 @@ impl Milter for DkimMilter {
         // {daemon_name} is a connect macro, but a QUIT_NC reuse may bring a new one.
         if let Some(d) = non_empty(ctx.macro_str("{daemon_name}")) {
             self.daemon_name = Some(d);
+        }
+        if let Some(j) = non_empty(ctx.macro_str("j")) {
+            self.mta_hostname = Some(j);
         }
         self.tx = None;
         self.tx(ctx);
@@ -302,19 +326,44 @@ pub fn build_verifier(config: &Config) -> Result<Option<Verifier>, ServeError> {
 /// Serves the milter protocol with the shared state until SIGTERM/SIGINT (or `shutdown`),
 /// then lets messages in flight finish. The server counts into `metrics`' registry, which
 /// `metrics-listen` (when set) serves on `GET /metrics`.
+///
+/// Started as root it refuses to serve unless `user` or `allow-root` is set; with `user`
+/// it binds (socket owner, group and mode set while still root), writes `pid-file`,
+/// switches user and reads keys and tables again as that user.
 pub async fn serve(
     shared: Shared,
     shutdown: Option<ShutdownHandle>,
     metrics: DkimMetrics,
 ) -> Result<(), ServeError> {
     let st = shared.load_full();
+    let privileges =
+        process::plan(&st.config, nix::unistd::geteuid()).map_err(ServeError::Process)?;
     let verifier = if st.config.mode.verifies() {
         build_verifier(&st.config)?.map(Arc::new)
     } else {
         None
     };
+    // Names resolved here, through NSS, so accounts from LDAP and the like work too.
+    let owner = match &st.config.socket_owner {
+        Some(o) => Some(
+            process::resolve_uid(o)
+                .map_err(|e| ServeError::Process(format!("socket-owner: {e}")))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let group = match &st.config.socket_group {
+        Some(g) => Some(
+            process::resolve_gid(g)
+                .map_err(|e| ServeError::Process(format!("socket-group: {e}")))?
+                .to_string(),
+        ),
+        None => None,
+    };
     let unix = UnixSocketOptions {
         mode: st.config.socket_mode_bits(),
+        owner,
+        group,
         ..UnixSocketOptions::default()
     };
     let mut builder = Server::builder()
@@ -326,7 +375,6 @@ pub async fn serve(
         builder = builder.shutdown_handle(h);
     }
     let server = builder.bind().await?;
-    metrics.keys(&st);
     if let Some(spec) = &st.config.metrics_listen {
         let addr = milter_daemon::metrics::serve(
             spec,
@@ -336,12 +384,52 @@ pub async fn serve(
         .await?;
         tracing::info!("dkim-milter metrics on http://{addr}/metrics");
     }
+    // Removed when this function returns, whichever way.
+    let pid_file = match &st.config.pid_file {
+        Some(p) => Some(process::PidFile::write(p).map_err(ServeError::Process)?),
+        None => None,
+    };
+    let mut st = st;
+    if let Privileges::Switch(target) = &privileges {
+        if let Some(pf) = &pid_file {
+            pf.hand_to(target).map_err(ServeError::Process)?;
+        }
+        process::switch_to(target).map_err(ServeError::Process)?;
+        tracing::info!("switched to user {target}");
+        // Read keys and tables as the user every later reload reads them as.
+        let again =
+            State::build(st.config_path.as_deref()).map_err(|error| ServeError::AsUser {
+                user: target.spec.clone(),
+                error,
+            })?;
+        if again.keys.notes() != st.keys.notes() {
+            tracing::info!("keys read again as {}:", target.spec);
+            again.log_notes();
+        }
+        shared.store(Arc::new(again));
+        st = shared.load_full();
+    }
+    metrics.keys(&st);
+    if let Some(pf) = &pid_file {
+        tracing::info!(
+            "pid {} written to {}",
+            std::process::id(),
+            pf.path().display()
+        );
+    }
+    let authserv = match &st.config.authserv_id {
+        Some(id) => id.clone(),
+        None => format!("the MTA's j macro, else {}", st.authserv_id),
+    };
     for a in server.local_addrs() {
         tracing::info!(
-            "dkim-milter listening on {a}; {} signing domain(s)/key(s); authserv-id {}",
+            "dkim-milter listening on {a}; {} signing domain(s)/key(s); authserv-id {authserv}",
             st.keys.usable_count(),
-            st.authserv_id
         );
+    }
+    let warnings = st.keys.warning_count();
+    if warnings > 0 {
+        tracing::warn!("{warnings} key warning(s) above; every other domain signs");
     }
     drop(st);
     server
@@ -349,5 +437,6 @@ pub async fn serve(
             DkimMilter::new(shared.clone(), verifier.clone()).with_metrics(metrics.clone())
         })
         .await?;
+    drop(pid_file);
     Ok(())
 }

@@ -69,9 +69,7 @@ impl State {
     /// Logs the load-time findings (one line each).
     pub fn log_notes(&self) {
         for n in self.keys.notes() {
-            if n.error {
-                tracing::error!("{}", n.text);
-            } else if n.text.contains("warning:") {
+            if n.is_warning() {
                 tracing::warn!("{}", n.text);
             } else {
                 tracing::info!("{}", n.text);
@@ -109,6 +107,20 @@ impl Reloadable for State {
                 previous.config.socket,
                 self.config.socket
             );
+        }
+        let (new, old) = (&self.config, &previous.config);
+        for (name, changed) in [
+            ("socket-mode", new.socket_mode != old.socket_mode),
+            ("socket-owner", new.socket_owner != old.socket_owner),
+            ("socket-group", new.socket_group != old.socket_group),
+            ("pid-file", new.pid_file != old.pid_file),
+            ("user", new.user != old.user),
+            ("allow-root", new.allow_root != old.allow_root),
+            ("metrics-listen", new.metrics_listen != old.metrics_listen),
+        ] {
+            if changed {
+                tracing::warn!("{name} changed: takes effect only after a restart");
+            }
         }
         self.log_notes();
         tracing::info!(

@@ -3,6 +3,10 @@
 //!
 //! The milter glue only translates events into these calls and [`EomOutcome`] into
 //! milter modifications, so all behaviour is testable here without a socket.
+//!
+//! Authentication-Results fields that claim our authserv-id are removed on every path
+//! (signed, verified, neither, header block too large): they are spotted as the headers
+//! stream past, never fed to the signer or verifier, and deleted at end of message.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ use crate::config::OnKeyError;
 use crate::decision::{Action, Decision, Origin, Reason, decide};
 use crate::reload::State;
 use crate::sign::MessageSigner;
-use crate::verify::{ForgedArTracker, MessageBuffer, Verifier};
+use crate::verify::{ForgedArTracker, MAX_FORGED_AR, MessageBuffer, Verifier};
 
 /// Header bytes buffered before the decision (the MTA bounds each field; this bounds
 /// their sum).
@@ -25,6 +29,9 @@ pub struct Facts {
     pub client_addr: Option<IpAddr>,
     /// `{daemon_name}`.
     pub daemon_name: Option<String>,
+    /// `j`: the MTA's own host name (Postfix's `myhostname`), the authserv-id when none
+    /// is configured.
+    pub mta_hostname: Option<String>,
     /// `{auth_type}`.
     pub auth_type: Option<String>,
     /// `{auth_authen}`.
@@ -37,6 +44,8 @@ enum Work {
     Collecting,
     Signing(MessageSigner),
     Verifying(MessageBuffer),
+    /// The header block was larger than [`MAX_HEADER_BYTES`]: neither.
+    TooBig,
     Nothing,
 }
 
@@ -49,6 +58,8 @@ pub struct EomOutcome {
     pub delete: Vec<(&'static str, u32)>,
     /// Answer 4xx with this text instead of continuing.
     pub tempfail: Option<String>,
+    /// Answer 5xx with this text (`"5.7.1 …"`) instead of continuing.
+    pub reject: Option<String>,
     /// The one log line for this message.
     pub log: String,
     /// What happened, in bounded kinds, for the metrics.
@@ -121,7 +132,7 @@ impl NotSigned {
         match reason {
             Reason::External => NotSigned::External,
             Reason::NoFromAddress => NotSigned::NoFromAddress,
-            Reason::NoKey => NotSigned::NoKey,
+            Reason::NoKey | Reason::EmptyDomainDir { .. } => NotSigned::NoKey,
             Reason::KeyError { .. } => NotSigned::KeyError,
             Reason::SaslDomainMismatch { .. } => NotSigned::SaslDomainMismatch,
             Reason::ModeDisabled(_) => NotSigned::ModeDisabled,
@@ -134,6 +145,7 @@ impl NotSigned {
 pub struct Transaction {
     state: Arc<State>,
     facts: Facts,
+    authserv_id: String,
     leadspc: bool,
     headers: Vec<(String, Vec<u8>)>,
     header_bytes: usize,
@@ -157,9 +169,11 @@ impl Transaction {
     /// Starts a message under `state`. `leadspc`: HDR_LEADSPC was negotiated, so
     /// header values keep their leading space (and ours must carry one).
     pub fn new(state: Arc<State>, facts: Facts, leadspc: bool) -> Transaction {
+        let authserv_id = authserv_id(&state, facts.mta_hostname.as_deref());
         Transaction {
             state,
             facts,
+            authserv_id,
             leadspc,
             headers: Vec::new(),
             header_bytes: 0,
@@ -176,6 +190,11 @@ impl Transaction {
         &mut self.facts
     }
 
+    /// The authserv-id this message is judged by (see [`authserv_id`]).
+    pub fn authserv_id(&self) -> &str {
+        &self.authserv_id
+    }
+
     /// One header field, as the milter HEADER event gives it.
     pub fn header(&mut self, name: &[u8], value: &[u8]) {
         let name = String::from_utf8_lossy(name).into_owned();
@@ -187,7 +206,10 @@ impl Transaction {
         }
         v.extend_from_slice(value);
         let text = String::from_utf8_lossy(&v);
-        self.forged.observe(&name, &text, &self.state.authserv_id);
+        if self.forged.observe(&name, &text, &self.authserv_id) {
+            // Deleted at end of message: neither signed nor verified over.
+            return;
+        }
         if self.from.is_none() && name.eq_ignore_ascii_case("From") {
             self.from = from_address(&text);
         }
@@ -215,7 +237,7 @@ impl Transaction {
         };
         let decision = decide(&st.config, &origin, |f| st.keys.lookup(f));
         self.work = if self.too_big {
-            Work::Nothing
+            Work::TooBig
         } else {
             match &decision.action {
                 Action::Sign(keys) => {
@@ -265,6 +287,17 @@ impl Transaction {
         format!("{q}: from={from}")
     }
 
+    /// `; client=ADDR daemon=NAME`, the end of every message's log line (`unknown` when
+    /// the MTA named no address, as for some local submissions; `-` without a name).
+    fn connection(&self) -> String {
+        let client = self
+            .facts
+            .client_addr
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let daemon = self.facts.daemon_name.as_deref().unwrap_or("-");
+        format!("; client={client} daemon={daemon}")
+    }
+
     /// End of message: signatures or A-R, forged A-R deletions, and the log line.
     pub async fn end_of_message(mut self, verifier: Option<&Verifier>) -> EomOutcome {
         self.end_of_headers();
@@ -283,14 +316,29 @@ impl Transaction {
                 v.trim_start().to_string()
             }
         };
-        if self.too_big {
+        if self.forged.overflowed() {
             out.log = format!(
-                "{tag}: not signed or verified: header block larger than {MAX_HEADER_BYTES} bytes"
+                "{tag}: rejected: more than {MAX_FORGED_AR} Authentication-Results claiming \
+                 authserv-id {}{}",
+                self.authserv_id,
+                self.connection()
             );
-            out.tally.not_signed = Some(NotSigned::HeadersTooLarge);
+            out.reject = Some("5.7.1 too many Authentication-Results header fields".into());
             return out;
         }
+        out.delete = self
+            .forged
+            .forged_indexes()
+            .into_iter()
+            .map(|idx| ("Authentication-Results", idx))
+            .collect();
         match std::mem::replace(&mut self.work, Work::Nothing) {
+            Work::TooBig => {
+                out.log = format!(
+                    "{tag}: not signed or verified: header block larger than {MAX_HEADER_BYTES} bytes"
+                );
+                out.tally.not_signed = Some(NotSigned::HeadersTooLarge);
+            }
             Work::Signing(s) => match s.finish() {
                 Ok(sigs) => {
                     let parts: Vec<String> = sigs
@@ -318,7 +366,7 @@ impl Transaction {
             },
             Work::Verifying(b) => {
                 let sigs = b.signature_count();
-                let authserv = st.authserv_id.clone();
+                let authserv = self.authserv_id.clone();
                 let report = match (b.finish(), verifier) {
                     (Some(raw), Some(v)) => Some(v.verify(&raw, &authserv).await),
                     (None, Some(v)) => Some(v.report_skipped(
@@ -328,9 +376,6 @@ impl Transaction {
                     )),
                     (_, None) => None,
                 };
-                for idx in self.forged.forged_indexes() {
-                    out.delete.push(("Authentication-Results", idx));
-                }
                 out.tally.not_signed = Some(NotSigned::of(&reason));
                 if let Some(r) = &report {
                     out.tally.verified = if r.results.is_empty() {
@@ -349,12 +394,6 @@ impl Transaction {
                     None => {
                         out.log = format!("{tag}: not signed ({reason}); not verified: no resolver")
                     }
-                }
-                if !out.delete.is_empty() {
-                    out.log.push_str(&format!(
-                        "; removed {} forged Authentication-Results",
-                        out.delete.len()
-                    ));
                 }
             }
             _ => {
@@ -375,8 +414,37 @@ impl Transaction {
                 }
             }
         }
+        if !out.delete.is_empty() {
+            out.log.push_str(&format!(
+                "; removed {} forged Authentication-Results",
+                out.delete.len()
+            ));
+        }
+        out.log.push_str(&self.connection());
         out
     }
+}
+
+/// The authserv-id a message is judged by: `authserv-id` when configured, else the MTA's
+/// `j` macro (its own name, which its other A-R writers and OpenDMARC use too) when it is
+/// one token, else this host's name ([`State::authserv_id`]).
+pub fn authserv_id(state: &State, mta_hostname: Option<&str>) -> String {
+    if let Some(id) = &state.config.authserv_id {
+        return id.clone();
+    }
+    match mta_hostname.map(str::trim) {
+        Some(j) if is_authserv_token(j) => j.to_string(),
+        _ => state.authserv_id.clone(),
+    }
+}
+
+/// True if `s` can stand as an authserv-id: one short token without spaces, `;`,
+/// comments or quotes.
+fn is_authserv_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b'(' | b')' | b'"' | b'\\'))
 }
 
 #[cfg(test)]
@@ -512,7 +580,214 @@ mod tests {
             out.log
         );
         assert!(out.log.contains("removed 1 forged"), "{}", out.log);
-        let _ = assemble(&[], &[], b"");
+    }
+
+    fn verifier(name: &str, rec: &str) -> Verifier {
+        let v = Verifier::with_authenticator(
+            mail_auth::MessageAuthenticator::new_system_conf().unwrap(),
+            Caches::new(8),
+        );
+        v.caches()
+            .insert_dkim_key(name, rec, std::time::Duration::from_secs(60));
+        v
+    }
+
+    #[tokio::test]
+    async fn forged_ar_removed_from_mail_we_sign_and_never_signed_over() {
+        let t = tempfile::tempdir().unwrap();
+        let rec = crate::keys::tests::opendkim_genkey(t.path(), "example.com", "sel");
+        // Even when A-R is in sign-headers, the forged one is not signed over, so the
+        // signature survives its deletion.
+        let st = state(t.path(), |c| {
+            c.sign_headers.push("Authentication-Results".into())
+        });
+        let forged = (
+            "Authentication-Results",
+            " mx.test; dkim=pass header.d=bank.test",
+        );
+        let genuine = ("Authentication-Results", " other.test; spf=pass");
+        let headers = [
+            forged,
+            ("From", " Joe <joe@example.com>"),
+            genuine,
+            ("To", " you@example.org"),
+            forged,
+            ("Subject", " hi"),
+        ];
+        let mut tx = Transaction::new(
+            st.clone(),
+            Facts {
+                auth_type: Some("PLAIN".into()),
+                client_addr: Some("198.51.100.7".parse().unwrap()),
+                daemon_name: Some("ORIGINATING".into()),
+                queue_id: Some("Q1".into()),
+                ..Facts::default()
+            },
+            true,
+        );
+        feed(&mut tx, &headers, b"Hello\r\n");
+        let out = tx.end_of_message(None).await;
+        assert_eq!(out.tally.signed, vec!["rsa-sha256"]);
+        assert_eq!(
+            out.delete,
+            vec![("Authentication-Results", 3), ("Authentication-Results", 1)]
+        );
+        assert!(
+            out.log
+                .starts_with("Q1: from=joe@example.com: signed d=example.com s=sel"),
+            "{}",
+            out.log
+        );
+        assert!(
+            out.log.ends_with(
+                "; removed 2 forged Authentication-Results; client=198.51.100.7 daemon=ORIGINATING"
+            ),
+            "{}",
+            out.log
+        );
+        // As delivered: the forged ones deleted, our signature on top. It verifies.
+        let kept: Vec<(&str, &str)> = headers.iter().copied().filter(|h| *h != forged).collect();
+        let raw = assemble(&out.insert_top, &kept, b"Hello\r\n");
+        let rep = verifier("sel._domainkey.example.com", &rec)
+            .verify(&raw, "mx.test")
+            .await;
+        assert_eq!(rep.results.len(), 1, "{rep:?}");
+        assert_eq!(rep.results[0].result, "pass", "{rep:?}");
+    }
+
+    #[tokio::test]
+    async fn forged_ar_removed_when_the_header_block_is_too_large() {
+        let t = tempfile::tempdir().unwrap();
+        crate::keys::tests::opendkim_genkey(t.path(), "example.com", "sel");
+        let st = state(t.path(), |_| {});
+        let filler = format!(" {}", "x".repeat(998));
+        let mut tx = Transaction::new(
+            st,
+            Facts {
+                client_addr: Some("203.0.113.9".parse().unwrap()),
+                daemon_name: Some("smtpd".into()),
+                ..Facts::default()
+            },
+            true,
+        );
+        tx.header(b"Authentication-Results", b" mx.test; dkim=pass");
+        tx.header(b"From", b" a@remote.example");
+        for _ in 0..(MAX_HEADER_BYTES / 1000 + 50) {
+            tx.header(b"X-Filler", filler.as_bytes());
+        }
+        // Past the limit: nothing is buffered any more, the A-R are still counted.
+        tx.header(b"Authentication-Results", b" other.test; spf=pass");
+        tx.header(b"Authentication-Results", b" MX.TEST; dkim=pass");
+        tx.end_of_headers();
+        tx.body(b"x\r\n");
+        let out = tx.end_of_message(None).await;
+        assert_eq!(out.tally.not_signed, Some(NotSigned::HeadersTooLarge));
+        assert_eq!(
+            out.delete,
+            vec![("Authentication-Results", 3), ("Authentication-Results", 1)]
+        );
+        assert!(out.insert_top.is_empty() && out.tempfail.is_none());
+        assert!(
+            out.log.contains("header block larger than")
+                && out.log.contains("removed 2 forged Authentication-Results")
+                && out.log.ends_with("client=203.0.113.9 daemon=smtpd"),
+            "{}",
+            out.log
+        );
+    }
+
+    #[tokio::test]
+    async fn authserv_id_is_configured_else_the_mta_name_else_the_host_name() {
+        let t = tempfile::tempdir().unwrap();
+        let configured = state(t.path(), |_| {});
+        let unset = state(t.path(), |c| c.authserv_id = None);
+        let facts = |j: Option<&str>| Facts {
+            mta_hostname: j.map(str::to_string),
+            client_addr: Some("203.0.113.9".parse().unwrap()),
+            ..Facts::default()
+        };
+        let id = |st: &Arc<State>, j| {
+            Transaction::new(st.clone(), facts(j), true)
+                .authserv_id()
+                .to_string()
+        };
+        assert_eq!(id(&configured, Some("mx.j.test")), "mx.test");
+        assert_eq!(id(&unset, Some("mx.j.test")), "mx.j.test");
+        assert_eq!(id(&unset, None), crate::config::hostname());
+        assert_eq!(id(&unset, Some("two words")), crate::config::hostname());
+        assert_eq!(id(&unset, Some("a;b")), crate::config::hostname());
+
+        // The MTA's name is what forged A-R are judged by, and what ours carries.
+        let v = verifier("unused._domainkey.example.com", "v=DKIM1; p=");
+        let mut tx = Transaction::new(unset.clone(), facts(Some("mx.j.test")), true);
+        feed(
+            &mut tx,
+            &[
+                ("Authentication-Results", " mx.j.test; dkim=pass"),
+                ("Authentication-Results", " mx.test; dkim=pass"),
+                ("From", " a@remote.example"),
+            ],
+            b"x\r\n",
+        );
+        let out = tx.end_of_message(Some(&v)).await;
+        assert_eq!(out.delete, vec![("Authentication-Results", 1)]);
+        assert!(
+            out.insert_top[0].1.starts_with(" mx.j.test;"),
+            "{:?}",
+            out.insert_top
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_forged_ar_is_rejected() {
+        let t = tempfile::tempdir().unwrap();
+        let st = state(t.path(), |_| {});
+        let mut tx = Transaction::new(st, Facts::default(), true);
+        for _ in 0..=MAX_FORGED_AR {
+            tx.header(b"Authentication-Results", b" mx.test; dkim=pass");
+        }
+        feed(&mut tx, &[("From", " a@remote.example")], b"x\r\n");
+        let out = tx.end_of_message(None).await;
+        assert!(
+            out.reject
+                .as_deref()
+                .is_some_and(|r| r.starts_with("5.7.1 "))
+        );
+        assert!(out.delete.is_empty() && out.insert_top.is_empty());
+        assert!(
+            out.log
+                .contains("rejected: more than 10000 Authentication-Results")
+                && out.log.ends_with("client=unknown daemon=-"),
+            "{}",
+            out.log
+        );
+    }
+
+    #[tokio::test]
+    async fn empty_domain_dir_passes_unsigned_unless_a_key_error() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("empty.example")).unwrap();
+        for (rule, tempfail) in [
+            (crate::config::EmptyDomainDir::Unsigned, false),
+            (crate::config::EmptyDomainDir::KeyError, true),
+        ] {
+            let st = state(t.path(), |c| {
+                c.empty_domain_dir = rule;
+                c.mode = crate::config::Mode::Sign;
+            });
+            let mut tx = Transaction::new(
+                st,
+                Facts {
+                    client_addr: Some("127.0.0.1".parse().unwrap()),
+                    ..Facts::default()
+                },
+                true,
+            );
+            feed(&mut tx, &[("From", " a@empty.example")], b"x\r\n");
+            let out = tx.end_of_message(None).await;
+            assert_eq!(out.tempfail.is_some(), tempfail, "{}", out.log);
+            assert!(out.log.contains("no *.private key files"), "{}", out.log);
+        }
     }
 
     #[tokio::test]

@@ -407,24 +407,42 @@ pub fn ar_authserv_id(value: &str) -> Option<&str> {
     (!id.is_empty()).then_some(id)
 }
 
-/// Tracks incoming Authentication-Results fields and which claim our authserv-id.
-/// Indexes are 1-based per header name, as SMFIR_CHGHEADER wants.
+/// Most forged Authentication-Results one message may carry; a message with more is
+/// refused rather than passed with some of them left in.
+pub const MAX_FORGED_AR: usize = 10_000;
+
+/// Tracks incoming Authentication-Results fields and which claim our authserv-id, as
+/// the headers stream past: a per-name occurrence counter plus the (bounded) list of
+/// forged occurrences, never the headers themselves, so it works however large the
+/// header block is. Indexes are 1-based per header name, as SMFIR_CHGHEADER wants.
 #[derive(Debug, Default, Clone)]
 pub struct ForgedArTracker {
     seen: u32,
     forged: Vec<u32>,
+    overflow: bool,
 }
 
 impl ForgedArTracker {
-    /// Looks at one incoming header field.
-    pub fn observe(&mut self, name: &str, value: &str, authserv_id: &str) {
+    /// Looks at one incoming header field; true if it is an A-R claiming `authserv_id`.
+    pub fn observe(&mut self, name: &str, value: &str, authserv_id: &str) -> bool {
         if !name.eq_ignore_ascii_case("Authentication-Results") {
-            return;
+            return false;
         }
         self.seen = self.seen.saturating_add(1);
-        if ar_authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(authserv_id)) {
-            self.forged.push(self.seen);
+        if !ar_authserv_id(value).is_some_and(|id| id.eq_ignore_ascii_case(authserv_id)) {
+            return false;
         }
+        if self.forged.len() < MAX_FORGED_AR {
+            self.forged.push(self.seen);
+        } else {
+            self.overflow = true;
+        }
+        true
+    }
+
+    /// True if more than [`MAX_FORGED_AR`] were seen (not all could be removed).
+    pub fn overflowed(&self) -> bool {
+        self.overflow
     }
 
     /// CHGHEADER indexes to delete, highest first (so earlier deletes don't shift later ones).
@@ -468,12 +486,30 @@ mod tests {
             " mx.example.com;\n\tspf=pass",
             "mx.example.com",
         );
-        t.observe(
+        assert!(!t.observe(
             "Authentication-Results",
             " mx.example.com.evil; x",
             "mx.example.com",
-        );
+        ));
         assert_eq!(t.forged_indexes(), vec![3, 2]);
+        assert!(!t.overflowed());
+    }
+
+    #[test]
+    fn forged_tracker_is_bounded() {
+        let mut t = ForgedArTracker::default();
+        for i in 0..MAX_FORGED_AR + 5 {
+            assert!(t.observe("Authentication-Results", " mx.test; x", "mx.test"));
+            if i % 2 == 0 {
+                t.observe("Authentication-Results", " other.test; x", "mx.test");
+            }
+        }
+        assert!(t.overflowed());
+        let idx = t.forged_indexes();
+        assert_eq!(idx.len(), MAX_FORGED_AR);
+        // Occurrence numbers count the genuine A-R fields in between.
+        assert_eq!(idx.last(), Some(&1));
+        assert_eq!(idx[idx.len() - 2], 3);
     }
 
     #[test]

@@ -73,17 +73,54 @@ fn check_config_ok_and_failures() {
     assert!(out.contains("configuration OK; 1 signing domain"), "{out}");
     assert!(out.contains("ed.txt matches"), "{out}");
 
-    // A broken key: exit 1, the domain named.
+    // A broken key: a warning naming the domain, exit 0 (every other domain would sign);
+    // exit 1 with --strict.
     std::fs::write(keys.join("example.com/ed.private"), "junk").unwrap();
-    let o = bin()
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--check-config")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(1), "{out}");
-    assert!(out.contains("error: example.com: not signing"), "{out}");
+    let check = |extra: &[&str]| {
+        let o = bin()
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--check-config")
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(&[]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("warning: example.com: not signing"), "{out}");
+    assert!(
+        out.contains("configuration OK; 0 signing domain(s)/key(s) (1 warning(s) above"),
+        "{out}"
+    );
+    let (code, out) = check(&["--strict"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("warning: example.com: not signing"), "{out}");
+    assert!(out.contains("failing because of --strict"), "{out}");
+
+    // What stops the daemon is an error: an unknown user or socket group.
+    for (extra, needle) in [
+        (
+            "user = \"no-such-user-here\"",
+            "error: user \"no-such-user-here\": no such user",
+        ),
+        (
+            "socket = \"unix:/tmp/x.sock\"\nsocket-group = \"no-such-group-here\"",
+            "error: socket-group: group \"no-such-group-here\": no such group",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("keys-dir = {keys:?}\n{extra}\n")).unwrap();
+        let (code, out) = check(&[]);
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains(needle), "{out}");
+        assert!(out.contains("the daemon would not start"), "{out}");
+    }
+    // --strict only goes with --check-config.
+    let o = bin().arg("--strict").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
 
     // A syntax error: exit 1 with file:line.
     std::fs::write(&cfg, "keys-dir = \"/x\"\nmode = \"both\"\n").unwrap();

@@ -265,3 +265,111 @@ fn mx_verifies_inbound_with_a_key_published_only_on_dns_servers() {
     );
     d.wait_lines("verified: d=dns-only.test s=stub pass", 1);
 }
+
+#[test]
+fn forged_ar_is_removed_on_every_path_and_the_authserv_id_is_the_mta_name() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = genkey(keys.path(), "sign.test", "s", 2048);
+    // No authserv-id: the MTA's `j` (Postfix's myhostname) is ours.
+    let d = Daemon::start_with(
+        None,
+        &format!(
+            "keys-dir = {:?}\nallow-root = true\nreload-poll-seconds = 1",
+            keys.path().display().to_string()
+        ),
+    );
+    let pf = Postfix::builder().mx_milters(&d.spec()).start().unwrap();
+    let ours = "mx.example.test";
+    let forged = format!("Authentication-Results: {ours}; dkim=pass header.d=bank.test\r\n");
+    let genuine = "Authentication-Results: relay.other.test; spf=pass\r\n";
+    // Postfix's header_size_limit (100 KiB) bounds each header, not their sum: 1200
+    // headers of 1 KiB make a header block over 1 MiB, which dkim-milter does not
+    // buffer, and a forged A-R after them still has to go.
+    let filler: String = (0..1200)
+        .map(|i| format!("X-Filler-{i}: {}\r\n", "f".repeat(1000)))
+        .collect();
+    let with = |head: &str, from: &str, subject: &str| {
+        let mut m = head.as_bytes().to_vec();
+        m.extend(message(from, "user@example.test", subject));
+        m
+    };
+    let cases = [
+        (
+            "a@sign.test",
+            "forged signed",
+            with(
+                &format!("{forged}{genuine}"),
+                "a@sign.test",
+                "forged signed",
+            ),
+        ),
+        (
+            "b@remote.test",
+            "forged verified",
+            with(
+                &format!("{forged}{genuine}"),
+                "b@remote.test",
+                "forged verified",
+            ),
+        ),
+        (
+            "c@remote.test",
+            "forged oversized",
+            with(
+                &format!("{forged}{genuine}{filler}{forged}"),
+                "c@remote.test",
+                "forged oversized",
+            ),
+        ),
+    ];
+    assert!(cases[2].2.len() > 1024 * 1024 + 100_000);
+    for (from, _, msg) in &cases {
+        let r = smtp_send(pf.mx_port(), from, "user@example.test", msg);
+        assert_eq!(r.code, 250, "{r:?}");
+    }
+    let got = pf.maildir("example.test", "user").wait_for(3, T).unwrap();
+    let find = |s: &str| {
+        got.iter()
+            .find(|m| header_values(m, "Subject").iter().any(|x| x == s))
+            .unwrap_or_else(|| panic!("no {s}"))
+            .clone()
+    };
+    let ars = |m: &[u8]| header_values(m, "Authentication-Results");
+
+    // Mail we sign: the forged A-R is gone, the genuine one stays, the signature verifies.
+    let signed = find("forged signed");
+    assert_eq!(ars(&signed), vec!["relay.other.test; spf=pass"]);
+    assert_verifies(&crlf(&signed), &[key.record()], 1);
+
+    // Mail we verify: ours (named after `j`) replaces the forged one.
+    let verified = find("forged verified");
+    let a = ars(&verified);
+    assert_eq!(a.len(), 2, "{a:?}");
+    assert!(
+        a[0].starts_with(&format!("{ours};")) && a[0].contains("dkim=none"),
+        "{a:?}"
+    );
+    assert_eq!(a[1], "relay.other.test; spf=pass");
+
+    // A header block over 1 MiB: neither signed nor verified, both forged A-R removed.
+    let big = find("forged oversized");
+    assert_eq!(ars(&big), vec!["relay.other.test; spf=pass"]);
+    assert_eq!(header_values(&big, "X-Filler-1199").len(), 1);
+
+    d.wait_lines("from=a@sign.test: signed d=sign.test s=s", 1);
+    let line = &d.wait_lines("from=b@remote.test: not signed", 1)[0];
+    assert!(
+        line.contains("removed 1 forged Authentication-Results; client=127.0.0.1 daemon="),
+        "{line}"
+    );
+    let line = &d.wait_lines("from=c@remote.test: not signed or verified", 1)[0];
+    assert!(
+        line.contains("header block larger than") && line.contains("removed 2 forged"),
+        "{line}"
+    );
+    assert!(
+        d.log().contains("authserv-id the MTA's j macro, else"),
+        "{}",
+        d.log()
+    );
+}

@@ -18,7 +18,7 @@ pub const AUTHSERV: &str = "mx.dkim.test";
 /// A running `dkim-milter` with its own config, keys dir, log file and DNS stub.
 pub struct Daemon {
     child: Option<Child>,
-    port: u16,
+    spec: String,
     dir: tempfile::TempDir,
     config: PathBuf,
     // Dropped after `Drop::drop` below has killed the daemon.
@@ -28,41 +28,24 @@ pub struct Daemon {
 impl Daemon {
     /// Starts a [`DnsStub`] (empty: every name is NXDOMAIN until a test publishes it, see
     /// [`Daemon::dns`]), writes `dkim.toml` (socket, keys dir, authserv-id, 1 s poll,
-    /// `dns-servers` = the stub, then `extra` lines) and starts the daemon; returns once
-    /// it listens. The verifier never asks the machine's resolver.
+    /// `allow-root` (tests run as root), `dns-servers` = the stub, then `extra` lines) and
+    /// starts the daemon; returns once it listens. The verifier never asks the machine's
+    /// resolver.
     pub fn start(keys_dir: &Path, extra: &str) -> Daemon {
-        let dns = DnsStub::builder().start().expect("DNS stub");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = stack_tests::ports::free_port().expect("free port");
-        let config = dir.path().join("dkim.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "socket = \"inet:127.0.0.1:{port}\"\nkeys-dir = {keys:?}\nauthserv-id = \"{AUTHSERV}\"\n\
-                 reload-poll-seconds = 1\ndns-servers = [\"{ns}\"]\n{extra}\n",
+        Daemon::start_with(
+            None,
+            &format!(
+                "keys-dir = {keys:?}\nauthserv-id = \"{AUTHSERV}\"\nreload-poll-seconds = 1\n\
+                 allow-root = true\n{extra}",
                 keys = keys_dir.display().to_string(),
-                ns = dns.nameserver(),
             ),
         )
-        .expect("write config");
-        let log = dir.path().join("dkim-milter.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn dkim-milter");
-        let mut d = Daemon {
-            child: Some(child),
-            port,
-            dir,
-            config,
-            dns,
-        };
+    }
+
+    /// Like [`Daemon::start`] with the whole config given: `body`, plus `socket` (`None`:
+    /// inet on a free loopback port) and `dns-servers` = the daemon's own stub.
+    pub fn start_with(socket: Option<&str>, body: &str) -> Daemon {
+        let mut d = Daemon::spawn(socket, body);
         let end = Instant::now() + T;
         while !d.log().contains("dkim-milter listening on") {
             if let Some(c) = d.child.as_mut()
@@ -80,9 +63,79 @@ impl Daemon {
         d
     }
 
+    /// Runs the daemon with a config as [`Daemon::start_with`] writes it, expecting it to
+    /// exit by itself; its exit code and log.
+    pub fn run_to_exit(socket: Option<&str>, body: &str) -> (Option<i32>, String) {
+        let mut d = Daemon::spawn(socket, body);
+        let mut c = d.child.take().expect("child");
+        let end = Instant::now() + T;
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return (st.code(), d.log());
+            }
+            if Instant::now() > end {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("dkim-milter did not exit:\n{}", d.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn spawn(socket: Option<&str>, body: &str) -> Daemon {
+        let dns = DnsStub::builder().start().expect("DNS stub");
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Readable (not writable) by others: a daemon that switches `user` reads its
+        // config again as that user.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod tempdir");
+        let spec = match socket {
+            Some(s) => s.to_string(),
+            None => format!(
+                "inet:127.0.0.1:{}",
+                stack_tests::ports::free_port().expect("free port")
+            ),
+        };
+        let config = dir.path().join("dkim.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "socket = \"{spec}\"\ndns-servers = [\"{ns}\"]\n{body}\n",
+                ns = dns.nameserver(),
+            ),
+        )
+        .expect("write config");
+        let log = dir.path().join("dkim-milter.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn dkim-milter");
+        Daemon {
+            child: Some(child),
+            spec,
+            dir,
+            config,
+            dns,
+        }
+    }
+
     /// Postfix milter spec.
     pub fn spec(&self) -> String {
-        format!("inet:127.0.0.1:{}", self.port)
+        self.spec.clone()
+    }
+
+    /// The daemon's process id (until it was terminated).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The daemon's DNS server (its `dns-servers`): publish records with `add_txt`, see
