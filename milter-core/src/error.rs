@@ -164,7 +164,8 @@ pub enum UsageError {
         /// The action bit it needs.
         needed: Actions,
     },
-    /// A field does not fit in one frame under the send cap, or holds a NUL byte.
+    /// A field does not fit in one frame under the send cap, holds a NUL byte, or (a
+    /// header value) breaks a line other than to fold it.
     #[error("invalid {field}: {reason}")]
     InvalidField {
         /// Which field.

@@ -41,6 +41,13 @@ use crate::proto::{ConnectInfo, Envelope, Macros, Modification, Verdict};
 /// Verdicts the protocol does not allow at a stage (e.g. a reject at a stage negotiated as
 /// no-reply, or `Skip` outside the body) are a [`UsageError`]: the server logs it and
 /// answers `Tempfail` where an answer is due, so the MTA's stream never desynchronises.
+///
+/// The bundled server may drop a callback's future before it completes (cancel it at an
+/// await point): when it outruns the server's callback budget (then the command gets the
+/// configured timeout verdict), when the MTA closes the connection while waiting for its
+/// answer, or at the drain deadline of a shutdown. Keep state a dropped callback leaves
+/// behind consistent (the next `abort` or `close` still comes), and do blocking work in
+/// `spawn_blocking`, not on the callback's thread, so it can be dropped.
 pub trait Milter: Send + 'static {
     /// Chooses the actions, protocol steps and macros this milter needs, given the MTA's
     /// offer. The default asks for nothing: every event, no modifications.
@@ -110,7 +117,9 @@ pub trait Milter: Send + 'static {
     /// End of message: the only place to modify the message, through `actions`.
     ///
     /// While this runs the server sends PROGRESS to the MTA at a fixed interval, so slow
-    /// work (signing, scanning) does not trip the MTA's timeout. `Continue` accepts.
+    /// work (signing, scanning) does not trip the MTA's timeout, until the callback budget
+    /// is spent; then the callback is dropped, what it recorded in `actions` is not sent,
+    /// and the message gets the server's timeout verdict. `Continue` accepts.
     fn eom(
         &mut self,
         ctx: &Context<'_>,
@@ -265,6 +274,13 @@ impl EomActions {
     /// Appends a header at the end of the header block (`ADD_HEADERS`). Fold long values
     /// with `\n` plus whitespace, not CRLF. With `HEADER_LEADING_SPACE` negotiated, supply
     /// the leading space yourself.
+    ///
+    /// A value may break lines only to fold them: `\n` (or `\r\n`) followed by a space or
+    /// tab. A bare CR, a line break followed by anything else (it would start a new header:
+    /// header injection), a break at the end, or a NUL is refused here with
+    /// [`UsageError::InvalidField`]; so is a name that is not a field name. The same checks
+    /// apply to [`insert_header`](Self::insert_header) and
+    /// [`change_header`](Self::change_header).
     pub fn add_header(
         &mut self,
         name: impl Into<Bytes>,
@@ -277,7 +293,8 @@ impl EomActions {
     }
 
     /// Inserts a header at 0-based `index` over all headers, counting the MTA's own
-    /// `Received:` (`ADD_HEADERS`); 0 is the very top.
+    /// `Received:` (`ADD_HEADERS`); 0 is the very top. The value is checked as for
+    /// [`add_header`](Self::add_header).
     pub fn insert_header(
         &mut self,
         index: u32,
@@ -292,7 +309,9 @@ impl EomActions {
     }
 
     /// Replaces the `occurrence`-th (1-based, per name, case-insensitive) header called
-    /// `name` (`CHANGE_HEADERS`). An occurrence past the last one appends a header.
+    /// `name` (`CHANGE_HEADERS`). An occurrence past the last one appends a header. The
+    /// value is checked as for [`add_header`](Self::add_header); an empty one is refused
+    /// (use [`delete_header`](Self::delete_header)).
     pub fn change_header(
         &mut self,
         name: impl Into<Bytes>,

@@ -489,14 +489,77 @@ mod malformed_payloads {
         }
     }
 
+    /// Unknown families and addresses that do not parse are not errors (Postfix and
+    /// Sendmail let those clients through): they are kept as `SocketInfo::Unparsed`.
     #[test]
-    fn bad_connect_family_and_address() {
-        let e = decode_cmd(b'C', b"host\0X").unwrap_err();
-        assert!(malformed(b'C')(&e), "{e:?}");
-        let e = decode_cmd(b'C', b"host\x004\x00\x19not-an-ip\0").unwrap_err();
-        assert!(malformed(b'C')(&e), "{e:?}");
-        let e = decode_cmd(b'C', b"host\x006\x00\x19IPv6:\0").unwrap_err();
-        assert!(malformed(b'C')(&e), "{e:?}");
+    fn unparsable_connect_family_and_address_are_kept() {
+        let unparsed = |payload: &[u8]| match decode_cmd(b'C', payload) {
+            Ok(Command::Connect(ConnectInfo { hostname, socket })) => {
+                assert_eq!(hostname, b("host"));
+                socket
+            }
+            other => panic!("{payload:?}: {other:?}"),
+        };
+        for (payload, family, port, raw) in [
+            (
+                &b"host\x004\x00\x19not-an-ip\0"[..],
+                b'4',
+                25,
+                &b"not-an-ip"[..],
+            ),
+            (b"host\x006\x00\x19IPv6:\0", b'6', 25, b"IPv6:"),
+            (
+                b"host\x006\x01\x00fe80::1%eth0\0",
+                b'6',
+                256,
+                b"fe80::1%eth0",
+            ),
+            (b"host\x004\x00\x19\xff\xfe\0", b'4', 25, b"\xff\xfe"),
+            (b"host\x004\x00\x19\0", b'4', 25, b""),
+            // Unknown families: port and text as far as they go.
+            (b"host\0X", b'X', 0, b""),
+            (b"host\0X\x01", b'X', 0, b"\x01"),
+            (b"host\0X\x00\x19somewhere\0", b'X', 25, b"somewhere"),
+            (b"host\0X\x00\x19no-nul", b'X', 25, b"no-nul"),
+        ] {
+            let socket = unparsed(payload);
+            assert_eq!(
+                socket,
+                SocketInfo::Unparsed {
+                    family,
+                    port,
+                    raw: Bytes::copy_from_slice(raw),
+                },
+                "{payload:?}"
+            );
+            // And it survives the MTA side's encoding.
+            command_round_trip(Command::Connect(ConnectInfo {
+                hostname: b("host"),
+                socket,
+            }));
+        }
+    }
+
+    #[test]
+    fn scoped_ipv6_address_is_still_an_ip() {
+        let s = |family, raw: &'static str| SocketInfo::Unparsed {
+            family,
+            port: 25,
+            raw: b(raw),
+        };
+        let fe80 = Some(IpAddr::V6("fe80::1".parse().unwrap()));
+        assert_eq!(s(b'6', "fe80::1%eth0").ip(), fe80);
+        assert_eq!(s(b'6', "IPv6:fe80::1%2").ip(), fe80);
+        assert_eq!(s(b'6', "fe80::1%").ip(), None);
+        assert_eq!(s(b'6', "garbage").ip(), None);
+        assert_eq!(s(b'4', "fe80::1%eth0").ip(), None);
+        assert_eq!(s(b'X', "fe80::1%eth0").ip(), None);
+        let inet = SocketInfo::Inet {
+            addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 25,
+        };
+        assert_eq!(inet.ip(), Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(SocketInfo::Unknown.ip(), None);
     }
 
     #[test]
@@ -620,11 +683,8 @@ mod malformed_payloads {
 
     #[test]
     fn errors_name_the_frame() {
-        let e = decode_cmd(b'C', b"host\0X").unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "malformed 'C' frame: unknown CONNECT address family"
-        );
+        let e = decode_cmd(b'C', b"host\x004").unwrap_err();
+        assert_eq!(e.to_string(), "malformed 'C' frame: CONNECT without a port");
         assert_eq!(
             ProtocolError::UnknownCommand(Code(0x01)).to_string(),
             "unknown command 0x01"

@@ -155,6 +155,8 @@ async fn garbage_after_a_good_message_still_closes_only_that_connection() {
     let (mods, v) = good.message("b@example.org").await;
     assert_eq!(v, Verdict::Continue);
     assert!(matches!(mods.as_slice(), [Reply::Modification(_)]));
+    good.send(&Command::Quit).await;
+    good.expect_eof().await;
     shutdown.shutdown();
     task.await.expect("server task");
 }

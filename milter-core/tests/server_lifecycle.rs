@@ -1,5 +1,6 @@
-//! Connection limit with backpressure, per-phase timeouts, PROGRESS during a slow end of
-//! message, graceful drain, the drain deadline, panic isolation and refused verdicts.
+//! Connection limit with backpressure, per-phase timeouts (libmilter's by default),
+//! PROGRESS during a slow end of message, the drain at shutdown (open SMTP sessions keep
+//! being served until they quit), the drain deadline, panic isolation and refused verdicts.
 
 mod server_support;
 
@@ -19,8 +20,25 @@ fn short_timeouts() -> Timeouts {
         command: Duration::from_millis(300),
         content: Duration::from_millis(300),
         idle: Duration::from_millis(300),
+        callback: Duration::from_secs(30),
         progress_interval: Duration::from_millis(100),
     }
+}
+
+#[test]
+fn default_timeouts_are_libmilters() {
+    let t = Timeouts::default();
+    assert_eq!(t, Timeouts::libmilter());
+    // libmilter's smfi_settimeout default (MI_TIMEOUT), for every wait on the MTA but
+    // the first exchange.
+    for d in [t.command, t.content, t.idle] {
+        assert_eq!(d, Duration::from_secs(7210));
+    }
+    assert_eq!(t.negotiation, Duration::from_secs(30));
+    assert_eq!(t.callback, Duration::from_secs(300));
+    assert_eq!(t.progress_interval, Duration::from_secs(10));
+    // The former default stays available.
+    assert_eq!(Timeouts::postfix().idle, Duration::from_secs(300));
 }
 
 /// Sleeps in `eom` for `delay`, then adds `X-Slow: done`.
@@ -63,6 +81,7 @@ async fn full_server_stops_accepting_instead_of_dropping() {
     first.send(&Command::Quit).await;
     first.expect_eof().await;
     assert!(matches!(second.reply().await, Some(Reply::OptNeg(_))));
+    drop(second);
     shutdown.shutdown();
     task.await.expect("server");
 }
@@ -156,19 +175,73 @@ async fn slow_eom_sends_progress_then_the_answer() {
     task.await.expect("server");
 }
 
+/// Sleeps in `eom` for `delay` on the first message of a connection only, then tags like
+/// [`Tagger`] (`X-Test: <message number>`).
+struct SlowFirst {
+    delay: Duration,
+}
+
+impl Milter for SlowFirst {
+    fn negotiate(&mut self, offer: &Offer) -> Request {
+        Tagger.negotiate(offer)
+    }
+
+    async fn eom(&mut self, ctx: &Context<'_>, actions: &mut EomActions) -> Verdict {
+        if ctx.message_number() == 1 {
+            tokio::time::sleep(self.delay).await;
+        }
+        Tagger.eom(ctx, actions).await
+    }
+}
+
+fn tagged(n: u64) -> Vec<Reply> {
+    vec![Reply::Modification(Modification::AddHeader {
+        name: Bytes::from_static(b"X-Test"),
+        value: Bytes::from(n.to_string()),
+    })]
+}
+
+/// Waits (up to 5 s) until connecting to `addr` is refused.
+async fn wait_not_listening(addr: std::net::SocketAddr) {
+    for _ in 0..250 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} still accepts connections");
+}
+
+/// As Postfix does between the messages of one SMTP session (and twice before QUIT).
+async fn postfix_abort(c: &mut Raw) {
+    c.send(&Command::Abort).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_lets_the_message_in_flight_finish() {
+async fn shutdown_keeps_serving_open_sessions_until_they_quit() {
     let (addr, shutdown, task) = start(
-        Server::builder().shutdown_deadline(Duration::from_secs(10)),
-        || Slow {
+        Server::builder().shutdown_deadline(Duration::from_secs(20)),
+        || SlowFirst {
             delay: Duration::from_millis(600),
         },
     )
     .await;
+    // A session with a message in flight at the shutdown, one that has only done
+    // CONNECT, and one that has done CONNECT and HELO: all three are SMTP sessions the
+    // MTA expects to go on.
     let mut busy = Raw::connect(addr).await;
     busy.handshake().await;
-    let mut idle = Raw::connect(addr).await;
-    idle.handshake().await;
+    let mut connected = Raw::connect(addr).await;
+    connected.handshake().await;
+    let mut greeted = Raw::connect(addr).await;
+    greeted.handshake().await;
+    greeted
+        .send(&Command::Helo(Bytes::from_static(b"client.example")))
+        .await;
+    assert_eq!(
+        greeted.reply().await,
+        Some(Reply::Verdict(Verdict::Continue))
+    );
     let trigger = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -180,28 +253,61 @@ async fn shutdown_lets_the_message_in_flight_finish() {
     let (replies, v) = busy.message("a@example.org").await;
     trigger.await.expect("trigger");
     assert_eq!(v, Verdict::Continue);
-    assert!(
-        replies.contains(&Reply::Modification(Modification::AddHeader {
-            name: Bytes::from_static(b"X-Slow"),
-            value: Bytes::from_static(b"done"),
-        }))
-    );
-    // Then both connections are closed, and the server stops.
-    busy.expect_eof().await;
-    idle.expect_eof().await;
+    assert_eq!(replies, tagged(1));
+    // No longer listening: a new instance could bind the address now.
+    wait_not_listening(addr).await;
+    // Every open session goes on being served, new messages included, and nothing is
+    // closed under it while it is between messages.
+    postfix_abort(&mut busy).await;
+    let (replies, v) = busy.message("a2@example.org").await;
+    assert_eq!((replies, v), (tagged(2), Verdict::Continue));
+    for c in [&mut connected, &mut greeted] {
+        let (replies, v) = c.message("b@example.org").await;
+        assert_eq!((replies, v), (tagged(1), Verdict::Continue));
+        postfix_abort(c).await;
+    }
+    let (replies, v) = greeted.message("b2@example.org").await;
+    assert_eq!((replies, v), (tagged(2), Verdict::Continue));
+    // The server waits for them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "server returned with sessions open");
+    // Each ends as Postfix ends it; once the last has quit the server stops, well
+    // before its deadline.
+    for c in [&mut busy, &mut connected, &mut greeted] {
+        postfix_abort(c).await;
+        postfix_abort(c).await;
+        c.send(&Command::Quit).await;
+        c.expect_eof().await;
+    }
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
-        .expect("server stops after draining")
+        .expect("server stops once the sessions quit")
         .expect("server");
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer listening"
-    );
-    wait_for_log(&["shutting down: no longer accepting"]).await;
+    wait_for_log(&["server stopped"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_deadline_closes_stuck_messages() {
+async fn shutdown_serves_a_session_whose_mta_closes_instead_of_quitting() {
+    let (addr, shutdown, task) = start(
+        Server::builder().shutdown_deadline(Duration::from_secs(20)),
+        || Tagger,
+    )
+    .await;
+    let mut c = Raw::connect(addr).await;
+    c.handshake().await;
+    shutdown.shutdown();
+    wait_not_listening(addr).await;
+    let (replies, v) = c.message("a@example.org").await;
+    assert_eq!((replies, v), (tagged(1), Verdict::Continue));
+    drop(c);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("server stops once the MTA closed")
+        .expect("server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_answers_stuck_messages_and_closes_the_rest() {
     let (addr, shutdown, task) = start(
         Server::builder().shutdown_deadline(Duration::from_millis(300)),
         || Slow {
@@ -209,21 +315,42 @@ async fn drain_deadline_closes_stuck_messages() {
         },
     )
     .await;
+    let mut idle = Raw::connect(addr).await;
+    let idle_peer = idle.local();
+    idle.handshake().await;
     let mut c = Raw::connect(addr).await;
     let peer = c.local();
     c.handshake().await;
     let send = tokio::spawn(async move {
-        let _ = c.message("a@example.org").await;
+        let got = c.message("a@example.org").await;
+        let rest = c.expect_eof().await;
+        (got, rest)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
     shutdown.shutdown();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("server stops at the deadline")
         .expect("server");
-    // The client saw EOF without a verdict (its helper panics on that).
-    assert!(send.await.is_err());
-    wait_for_log(&[&format!("peer={peer}"), "shutdown deadline passed"]).await;
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // The stuck end of message got an answer (the callback-timeout verdict, tempfail),
+    // not a bare EOF; what the handler had not finished is not sent.
+    let ((replies, v), rest) = send.await.expect("client");
+    assert_eq!(v, Verdict::Tempfail);
+    assert!(
+        !replies.iter().any(|r| matches!(r, Reply::Modification(_))),
+        "{replies:?}"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+    // The idle session was closed at the deadline, not before.
+    idle.expect_eof().await;
+    wait_for_log(&[
+        &format!("peer={peer}"),
+        "drain deadline passed while the eom callback ran",
+    ])
+    .await;
+    wait_for_log(&[&format!("peer={idle_peer}"), "drain deadline passed"]).await;
 }
 
 /// Panics at HELO "panic", otherwise behaves like [`Tagger`].
@@ -265,6 +392,8 @@ async fn handler_panic_closes_only_its_connection() {
     let (_, v) = other.message("a@example.org").await;
     assert_eq!(v, Verdict::Continue);
     assert_served(addr).await;
+    // (An open session would be drained, i.e. waited for, at shutdown.)
+    drop(other);
     shutdown.shutdown();
     task.await.expect("server");
 }

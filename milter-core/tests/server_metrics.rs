@@ -96,7 +96,8 @@ async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
     let (addr, shutdown, task) = start(
         Server::builder()
             .metrics(registry.clone())
-            .timeouts(timeouts),
+            .timeouts(timeouts)
+            .shutdown_deadline(Duration::from_millis(300)),
         Judge::default,
     )
     .await;
@@ -199,7 +200,8 @@ async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
     }
     assert!(text.contains("# TYPE milter_eom_duration_seconds histogram\n"));
 
-    // Shutdown with an idle connection open: closed for that reason.
+    // Shutdown with an idle connection open: served until the drain deadline, then
+    // closed for that reason.
     let mut f = Raw::connect(addr).await;
     f.handshake().await;
     shutdown.shutdown();

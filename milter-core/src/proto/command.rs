@@ -71,6 +71,45 @@ pub enum SocketInfo {
         /// The client's port.
         port: u16,
     },
+    /// An address kept as the MTA sent it because it could not be typed: family `4` or `6`
+    /// whose text does not parse as an address (an IPv6 address with a `%scope` zone such
+    /// as `fe80::1%eth0`, garbage), or a family this library does not know.
+    ///
+    /// Postfix and Sendmail let such a client through, so the milter does too: the
+    /// connection goes on and the handler decides (see [`SocketInfo::ip`], which
+    /// understands the scoped form). `family` is never `U` or `L` (those always parse).
+    Unparsed {
+        /// The family byte as sent (`b'4'`, `b'6'`, or an unknown one).
+        family: u8,
+        /// The port as sent (0 when an unknown family carried fewer than two bytes).
+        port: u16,
+        /// The address text without its NUL terminator, e.g. `fe80::1%eth0`. For an
+        /// unknown family: whatever followed the port, one trailing NUL removed.
+        raw: Bytes,
+    },
+}
+
+impl SocketInfo {
+    /// The client's IP address, when there is one: the address of [`SocketInfo::Inet`],
+    /// or of an [`SocketInfo::Unparsed`] family-`6` text that is an IPv6 address with a
+    /// `%scope` zone (the zone is dropped). `None` for anything else.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            SocketInfo::Inet { addr, .. } => Some(*addr),
+            SocketInfo::Unparsed {
+                family: b'6', raw, ..
+            } => {
+                let s = std::str::from_utf8(raw).ok()?;
+                let s = strip_ipv6_prefix(s)?;
+                let (addr, zone) = s.split_once('%')?;
+                if zone.is_empty() {
+                    return None;
+                }
+                addr.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The CONNECT command's payload.
@@ -281,6 +320,11 @@ impl Command {
                         p.put_u16(*port);
                         put_cstr(&mut p, addr.to_string().as_bytes());
                     }
+                    SocketInfo::Unparsed { family, port, raw } => {
+                        p.put_u8(*family);
+                        p.put_u16(*port);
+                        put_cstr(&mut p, raw);
+                    }
                 }
             }
             Command::Helo(h) => put_cstr(&mut p, h),
@@ -347,22 +391,62 @@ fn decode_connect(r: &mut Reader) -> Result<ConnectInfo, ProtocolError> {
         b'4' | b'6' => {
             let port = r.u16("CONNECT without a port")?;
             let text = r.cstr("CONNECT address not NUL-terminated")?;
-            let addr =
-                parse_ip(&text).ok_or_else(|| r.malformed("CONNECT address does not parse"))?;
-            SocketInfo::Inet { addr, port }
+            match parse_ip(&text) {
+                Some(addr) => SocketInfo::Inet { addr, port },
+                None => {
+                    // Postfix and Sendmail let such clients through; so does the milter.
+                    tracing::debug!(
+                        family = %(family as char),
+                        address = %String::from_utf8_lossy(&text),
+                        "CONNECT address does not parse; kept unparsed"
+                    );
+                    SocketInfo::Unparsed {
+                        family,
+                        port,
+                        raw: text,
+                    }
+                }
+            }
         }
-        _ => return Err(r.malformed("unknown CONNECT address family")),
+        other => {
+            // A family nobody defined: keep whatever follows, shaped like the others
+            // (port, then text), as far as it goes.
+            let mut rest = r.rest();
+            let port = if rest.len() >= 2 {
+                let p = rest.split_to(2);
+                u16::from_be_bytes([p[0], p[1]])
+            } else {
+                0
+            };
+            if rest.last() == Some(&0) {
+                rest.truncate(rest.len() - 1);
+            }
+            tracing::debug!(
+                family = other,
+                "unknown CONNECT address family; kept unparsed"
+            );
+            SocketInfo::Unparsed {
+                family: other,
+                port,
+                raw: rest,
+            }
+        }
     };
     Ok(ConnectInfo { hostname, socket })
+}
+
+/// Removes Sendmail's `IPv6:` prefix (any case); `None` if nothing is left.
+fn strip_ipv6_prefix(s: &str) -> Option<&str> {
+    match s.get(..5) {
+        Some(p) if p.eq_ignore_ascii_case("ipv6:") => s.get(5..),
+        _ => Some(s),
+    }
 }
 
 /// Parses an address as Postfix (bare) or Sendmail (`IPv6:` prefix) writes it.
 fn parse_ip(text: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(text).ok()?;
-    let s = match s.get(..5) {
-        Some(p) if p.eq_ignore_ascii_case("ipv6:") => s.get(5..)?,
-        _ => s,
-    };
+    let s = strip_ipv6_prefix(s)?;
     s.parse::<IpAddr>()
         .ok()
         .or_else(|| s.parse::<Ipv6Addr>().ok().map(IpAddr::V6))

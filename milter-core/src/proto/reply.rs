@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::{Code, ProtocolError, UsageError};
 use crate::proto::flags::{Actions, ProtocolFlags, Stage};
 use crate::proto::reader::Reader;
-use crate::proto::smtp_reply::SmtpReply;
+use crate::proto::smtp_reply::{SmtpReply, SmtpReplyError};
 use crate::wire::{Frame, encode_frame};
 
 /// Reply codes (`SMFIR_*`).
@@ -75,6 +75,13 @@ pub struct OptNegReply {
     pub macros: Vec<MacroRequest>,
 }
 
+/// The text [`Verdict::reply`] falls back to for a 5xx whose text cannot be sent
+/// (Postfix's text for a milter's plain reject).
+const GENERIC_REJECT: &str = "Command rejected";
+/// The text [`Verdict::reply`] falls back to for a 4xx whose text cannot be sent
+/// (Postfix's text for a milter's plain tempfail).
+const GENERIC_TEMPFAIL: &str = "Service unavailable - try again later";
+
 /// A final answer to one command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -99,17 +106,53 @@ pub enum Verdict {
 impl Verdict {
     /// A reject or tempfail with a custom reply; the code's class decides which.
     ///
-    /// An invalid code or text falls back to plain [`Verdict::Tempfail`], so a typo in a
-    /// reply text never accepts mail the milter meant to refuse; use [`SmtpReply::new`]
-    /// directly to handle the error.
+    /// A reply that cannot be sent as given (a control character or an over-long line in
+    /// the text, an enhanced code of the wrong form) falls back by the code's class, with a
+    /// logged warning, so a typo in a text never changes what happens to the mail: a 5xx
+    /// still rejects and a 4xx still tempfails, with the same code. A bad enhanced code
+    /// is replaced by `5.7.1` / `4.7.1`; a bad text by a generic one, Postfix's own
+    /// wording for a milter's reject or tempfail (`Command rejected`, `Service
+    /// unavailable - try again later`). A code that is not 4xx or 5xx falls back to plain
+    /// [`Verdict::Tempfail`], which never accepts mail the milter meant to refuse. Use
+    /// [`SmtpReply::new`] directly to handle the error yourself.
     pub fn reply(code: u16, enhanced: &str, text: &str) -> Verdict {
         let enhanced = (!enhanced.is_empty()).then_some(enhanced);
-        match SmtpReply::new(code, enhanced, text) {
-            Ok(r) => Verdict::Reply(r),
-            Err(e) => {
-                tracing::warn!(error = %e, code, "invalid SMTP reply; tempfailing instead");
-                Verdict::Tempfail
+        let e = match SmtpReply::new(code, enhanced, text) {
+            Ok(r) => return Verdict::Reply(r),
+            Err(e) => e,
+        };
+        let (generic, default_enhanced) = match code {
+            500..=599 => (GENERIC_REJECT, "5.7.1"),
+            400..=499 => (GENERIC_TEMPFAIL, "4.7.1"),
+            _ => {
+                tracing::warn!(error = %e, code, "invalid SMTP reply code; tempfailing instead");
+                return Verdict::Tempfail;
             }
+        };
+        let bad_enhanced = matches!(
+            e,
+            SmtpReplyError::BadEnhancedCode(_) | SmtpReplyError::ClassMismatch { .. }
+        );
+        let fallback = if bad_enhanced {
+            // Keep the text when only the enhanced code is wrong.
+            SmtpReply::new(code, Some(default_enhanced), text)
+        } else {
+            SmtpReply::new(code, enhanced, generic)
+        }
+        .or_else(|_| SmtpReply::new(code, Some(default_enhanced), generic));
+        match fallback {
+            Ok(r) => {
+                tracing::warn!(
+                    error = %e,
+                    code,
+                    fallback = %r,
+                    "invalid SMTP reply text; sending a generic text with the same code"
+                );
+                Verdict::Reply(r)
+            }
+            // Unreachable for a 4xx/5xx code; stay on the refusing side regardless.
+            Err(_) if code >= 500 => Verdict::Reject,
+            Err(_) => Verdict::Tempfail,
         }
     }
 
@@ -266,8 +309,25 @@ impl Modification {
     }
 
     /// Checks the fields can be sent: no NUL inside C strings, header names that are
-    /// field names, a non-empty quarantine reason and addresses.
+    /// field names, a non-empty quarantine reason and addresses, and header values whose
+    /// only line breaks are folds.
+    ///
+    /// A header value may break lines only to fold them: `\n` (or `\r\n`) followed by a
+    /// space or tab. A bare CR, or a LF starting a line without leading whitespace, would
+    /// let the value end the header and start another (header injection), so both are
+    /// refused, as is a break at the very end.
     pub fn validate(&self) -> Result<(), UsageError> {
+        self.check(true)
+    }
+
+    /// The checks of an MTA reading the modification: as [`Modification::validate`] but
+    /// header values are checked only for NUL (Postfix lets a milter's line breaks
+    /// through).
+    pub(crate) fn validate_received(&self) -> Result<(), UsageError> {
+        self.check(false)
+    }
+
+    fn check(&self, strict_values: bool) -> Result<(), UsageError> {
         fn no_nul(field: &'static str, v: &[u8]) -> Result<(), UsageError> {
             if v.contains(&0) {
                 return Err(UsageError::InvalidField {
@@ -301,7 +361,11 @@ impl Modification {
             | Modification::InsertHeader { name, value, .. }
             | Modification::ChangeHeader { name, value, .. } => {
                 header_name(name)?;
-                no_nul("header value", value)
+                no_nul("header value", value)?;
+                if strict_values {
+                    header_value_folds(value)?;
+                }
+                Ok(())
             }
             Modification::ChangeFrom { address, args }
             | Modification::AddRcptWithArgs { address, args } => {
@@ -315,6 +379,39 @@ impl Modification {
             Modification::Quarantine { reason } => non_empty("quarantine reason", reason),
         }
     }
+}
+
+/// Refuses line breaks in a header value that are not folds (`\n` or `\r\n`, then a
+/// space or tab).
+fn header_value_folds(v: &[u8]) -> Result<(), UsageError> {
+    let bad = |reason| {
+        Err(UsageError::InvalidField {
+            field: "header value",
+            reason,
+        })
+    };
+    let mut i = 0;
+    while let Some(&b) = v.get(i) {
+        let after_break = match b {
+            b'\r' if v.get(i + 1) == Some(&b'\n') => i + 2,
+            b'\r' => return bad("contains a bare CR"),
+            b'\n' => i + 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        match v.get(after_break) {
+            Some(b' ' | b'\t') => i = after_break + 1,
+            Some(_) => {
+                return bad(
+                    "has a line break not followed by a space or tab (not a fold: it would start a new header)",
+                );
+            }
+            None => return bad("ends with a line break"),
+        }
+    }
+    Ok(())
 }
 
 /// Anything the milter sends.

@@ -2,6 +2,7 @@
 //! callbacks, and writes each batch of replies in one write.
 
 use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,27 +23,53 @@ use crate::session::milter::{Event, MilterSession, SessionConfig};
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Settings of one connection.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnectionConfig {
-    /// Per-phase timeouts and the PROGRESS interval.
+    /// Per-phase timeouts, the callback budget and the PROGRESS interval.
     pub timeouts: Timeouts,
     /// Frame and macro limits (`max_connections` is not used here).
     pub limits: Limits,
     /// The number logged with this connection and shown to handlers.
     pub connection_id: u64,
-    /// When triggered, the connection closes as soon as no message is in flight.
+    /// When triggered, the connection ends now, whatever it is doing: a callback that is
+    /// running is dropped and its command answered with
+    /// [`callback_timeout_verdict`](Self::callback_timeout_verdict), then `abort` (inside
+    /// a message) and `close` run and the connection closes.
+    ///
+    /// The server triggers it when its drain deadline passes. A graceful shutdown by
+    /// itself leaves open connections alone: they are served, further messages included,
+    /// until the MTA quits or closes.
     pub shutdown: ShutdownHandle,
     /// Where the connection counts itself (`None`: not counted).
     pub metrics: Option<ServerMetrics>,
+    /// The answer to a command whose callback ran out of its budget
+    /// ([`Timeouts::callback`]) or was cut short by [`shutdown`](Self::shutdown). Default
+    /// [`Verdict::Tempfail`].
+    pub callback_timeout_verdict: Verdict,
 }
 
-/// Serves one accepted connection until the MTA quits, the connection fails, or a
-/// shutdown finds it between messages.
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        ConnectionConfig {
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            connection_id: 0,
+            shutdown: ShutdownHandle::default(),
+            metrics: None,
+            callback_timeout_verdict: Verdict::Tempfail,
+        }
+    }
+}
+
+/// Serves one accepted connection until the MTA quits or closes, the connection fails,
+/// or [`ConnectionConfig::shutdown`] stops it.
 ///
-/// A fresh handler comes from `factory` (a second one only after `QUIT_NC`). The outcome
-/// is logged once, with the reason, in the current tracing span; the handler's `close` has
-/// run by the time this returns. A peer's protocol error, a timeout or an I/O error ends
-/// only this connection.
+/// A fresh handler comes from `factory` (a second one only after `QUIT_NC`). Every
+/// callback runs under the budget [`Timeouts::callback`]; while one runs that owes the MTA
+/// an answer, the socket is watched, and if the MTA closes it (it gave up waiting) the
+/// callback is dropped and the connection ends. The outcome is logged once, with the
+/// reason, in the current tracing span; the handler's `close` has run by the time this
+/// returns. A peer's protocol error, a timeout or an I/O error ends only this connection.
 pub async fn serve_connection<S, F, M>(
     io: S,
     factory: &F,
@@ -69,13 +96,18 @@ where
         id: config.connection_id,
         span: &span,
         progress_every: config.timeouts.progress_interval,
+        budget: config.timeouts.callback,
+        timeout_verdict: &config.callback_timeout_verdict,
+        stop: &config.shutdown,
+        spare: BytesMut::new(),
+        peer_eof: false,
         metrics,
     };
     let outcome = conn.run(&mut rd, &mut wr, factory, config).await;
     tally.close(match &outcome {
         Ok(Closed::Quit) => CloseReason::Quit,
-        Ok(Closed::Eof) => CloseReason::Eof,
-        Ok(Closed::Shutdown) => CloseReason::Shutdown,
+        Ok(Closed::Eof | Closed::PeerGone(_)) => CloseReason::Eof,
+        Ok(Closed::Stopped) => CloseReason::Shutdown,
         Err(Error::Protocol(_)) => CloseReason::ProtocolError,
         Err(Error::Timeout(_)) => CloseReason::Timeout,
         Err(Error::Io(_)) => CloseReason::IoError,
@@ -87,7 +119,13 @@ where
     match &outcome {
         Ok(Closed::Quit) => tracing::debug!("connection closed: the MTA quit"),
         Ok(Closed::Eof) => tracing::debug!("connection closed by the MTA"),
-        Ok(Closed::Shutdown) => tracing::info!("connection closed: server shutting down"),
+        Ok(Closed::PeerGone(stage)) => tracing::warn!(
+            stage,
+            "connection closed by the MTA while the {stage} callback ran (it stopped waiting); callback abandoned"
+        ),
+        Ok(Closed::Stopped) => {
+            tracing::info!("connection closed: stopped (the server's drain deadline passed)")
+        }
         Err(Error::Protocol(e)) => {
             tracing::warn!(reason = %e, "connection closed: protocol error from the MTA: {e}")
         }
@@ -105,9 +143,116 @@ where
 }
 
 enum Closed {
+    /// The MTA sent QUIT.
     Quit,
+    /// The MTA closed the connection while the milter waited for it.
     Eof,
-    Shutdown,
+    /// The MTA closed the connection while a callback owed it an answer.
+    PeerGone(&'static str),
+    /// [`ConnectionConfig::shutdown`] was triggered.
+    Stopped,
+}
+
+/// What [`Conn::dispatch`] leaves the loop to do.
+enum Flow {
+    Go,
+    End(Closed),
+}
+
+/// How a supervised callback ended.
+enum Ran<T> {
+    /// It returned.
+    Done(T),
+    /// Its budget ran out; the future was dropped.
+    OverBudget,
+    /// The MTA closed the connection while it owed the MTA an answer; dropped.
+    PeerGone,
+    /// The connection was told to stop; dropped.
+    Stopped,
+}
+
+/// Most bytes read ahead from the MTA while a callback runs (the MTA may pipeline
+/// commands after a no-reply stage); reading pauses there until the callback is done.
+const SPARE_CAP: usize = 4 * READ_CHUNK;
+
+/// What [`supervise`] watches besides the callback.
+struct Watch<'a, R> {
+    rd: &'a mut R,
+    /// Bytes read while the callback ran, for the session once it is done.
+    spare: &'a mut BytesMut,
+    /// Set once the MTA's side reached EOF.
+    eof: &'a mut bool,
+    /// The callback owes the MTA an answer: EOF then means the MTA gave up.
+    reply_due: bool,
+    budget: Duration,
+    stop: &'a ShutdownHandle,
+}
+
+/// Runs `fut` under the budget, watching the socket and the stop signal; with `progress`,
+/// sends PROGRESS every interval meanwhile (each restarts the MTA's timer).
+///
+/// The PROGRESS frame is encoded here rather than through the session, which the
+/// handler's context borrows while `eom` runs; PROGRESS is always valid while end of
+/// message awaits its answer, and nothing else is queued then.
+async fn supervise<Fut, R, W>(
+    fut: Fut,
+    watch: Watch<'_, R>,
+    mut progress: Option<(&mut W, Duration)>,
+) -> Result<Ran<Fut::Output>, Error>
+where
+    Fut: Future,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Watch {
+        rd,
+        spare,
+        eof,
+        reply_due,
+        budget,
+        stop,
+    } = watch;
+    let mut fut = std::pin::pin!(fut);
+    // Most callbacks finish at once: no timer, no watch for those.
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let Poll::Ready(v) = first {
+        return Ok(Ran::Done(v));
+    }
+    let deadline = Instant::now().checked_add(budget);
+    let over = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
+    let mut over = std::pin::pin!(over);
+    let every = progress
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |(_, e)| {
+            (*e).max(Duration::from_millis(10))
+        });
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            v = &mut fut => return Ok(Ran::Done(v)),
+            _ = stop.wait() => return Ok(Ran::Stopped),
+            _ = &mut over, if deadline.is_some() => return Ok(Ran::OverBudget),
+            r = rd.read_buf(&mut *spare), if !*eof && spare.len() < SPARE_CAP => {
+                if r? == 0 {
+                    *eof = true;
+                    if reply_due {
+                        return Ok(Ran::PeerGone);
+                    }
+                }
+            }
+            _ = tick.tick(), if progress.is_some() => {
+                if let Some((wr, _)) = progress.as_mut() {
+                    let mut frame = BytesMut::with_capacity(5);
+                    Reply::Progress.encode(&mut frame);
+                    wr.write_all(&frame).await?;
+                    wr.flush().await?;
+                    tracing::trace!("sent PROGRESS while eom runs");
+                }
+            }
+        }
+    }
 }
 
 struct Conn<'s, M> {
@@ -118,6 +263,13 @@ struct Conn<'s, M> {
     id: u64,
     span: &'s tracing::Span,
     progress_every: Duration,
+    budget: Duration,
+    timeout_verdict: &'s Verdict,
+    stop: &'s ShutdownHandle,
+    /// Bytes read while a callback ran, not yet handed to the session.
+    spare: BytesMut,
+    /// The MTA's side reached EOF (seen while a callback ran).
+    peer_eof: bool,
     metrics: Option<&'s ServerMetrics>,
 }
 
@@ -137,6 +289,24 @@ macro_rules! ctx {
     };
 }
 
+/// Runs one verdict callback of the handler under [`supervise`] (no PROGRESS).
+macro_rules! supervised {
+    ($c:expr, $rd:expr, $call:ident ( $($arg:expr),* )) => {{
+        let reply_due = $c.session.reply_due();
+        let ctx = ctx!($c);
+        let fut = $c.milter.$call(&ctx, $($arg),*);
+        let watch = Watch {
+            rd: $rd,
+            spare: &mut $c.spare,
+            eof: &mut $c.peer_eof,
+            reply_due,
+            budget: $c.budget,
+            stop: $c.stop,
+        };
+        supervise(fut, watch, None::<(&mut tokio::io::Sink, Duration)>).await?
+    }};
+}
+
 impl<M: Milter> Conn<'_, M> {
     async fn run<R, W, F>(
         &mut self,
@@ -150,21 +320,34 @@ impl<M: Milter> Conn<'_, M> {
         W: AsyncWrite + Unpin + Send,
         F: Fn() -> M + Send + Sync,
     {
-        let shutdown = &config.shutdown;
+        let stop = &config.shutdown;
         loop {
             while let Some(event) = self.session.poll_event()? {
-                if self.dispatch(event, wr, factory).await? {
-                    write_batch(wr, self.session.output()).await?;
-                    return Ok(Closed::Quit);
+                let flow = self.dispatch(event, rd, wr, factory).await?;
+                if !self.spare.is_empty() {
+                    // Read ahead while the callback ran: the session's, in order.
+                    self.session.read_buf().extend_from_slice(&self.spare);
+                    self.spare.clear();
+                }
+                match flow {
+                    Flow::Go => {}
+                    Flow::End(Closed::PeerGone(stage)) => return Ok(Closed::PeerGone(stage)),
+                    Flow::End(closed) => {
+                        write_batch(wr, self.session.output()).await?;
+                        return Ok(closed);
+                    }
                 }
             }
             write_batch(wr, self.session.output()).await?;
             if self.session.is_closed() {
                 return Ok(Closed::Quit);
             }
-            let between_messages = !self.session.in_transaction() && !self.session.reply_due();
-            if between_messages && shutdown.is_shutting_down() {
-                return Ok(Closed::Shutdown);
+            if stop.is_shutting_down() {
+                return Ok(Closed::Stopped);
+            }
+            if self.peer_eof {
+                self.session.eof()?;
+                return Ok(Closed::Eof);
             }
             let phase = self.session.phase();
             let limit = config.timeouts.for_phase(phase);
@@ -177,7 +360,7 @@ impl<M: Milter> Conn<'_, M> {
                     Err(_) => return Err(Error::Timeout(phase)),
                     Ok(r) => r?,
                 },
-                _ = shutdown.wait(), if between_messages => continue,
+                _ = stop.wait() => return Ok(Closed::Stopped),
             };
             if n == 0 {
                 self.session.eof()?;
@@ -186,9 +369,16 @@ impl<M: Milter> Conn<'_, M> {
         }
     }
 
-    /// Handles one event; `true` when the MTA quit.
-    async fn dispatch<W, F>(&mut self, event: Event, wr: &mut W, factory: &F) -> Result<bool, Error>
+    /// Handles one event.
+    async fn dispatch<R, W, F>(
+        &mut self,
+        event: Event,
+        rd: &mut R,
+        wr: &mut W,
+        factory: &F,
+    ) -> Result<Flow, Error>
     where
+        R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
         F: Fn() -> M + Send + Sync,
     {
@@ -209,7 +399,7 @@ impl<M: Milter> Conn<'_, M> {
                 m.message_started();
             }
         }
-        let (stage, verdict) = match event {
+        let (stage, ran) = match event {
             Event::Negotiate(offer) => {
                 let request = self.milter.negotiate(&offer);
                 let n = self
@@ -222,53 +412,85 @@ impl<M: Milter> Conn<'_, M> {
                     protocol = ?n.protocol,
                     "negotiated"
                 );
-                return Ok(false);
+                return Ok(Flow::Go);
             }
-            Event::Connect(info) => ("connect", self.milter.connect(&ctx!(self), &info).await),
-            Event::Helo(helo) => ("helo", self.milter.helo(&ctx!(self), &helo).await),
-            Event::Mail(env) => ("mail", self.milter.mail(&ctx!(self), &env).await),
-            Event::Rcpt(env) => ("rcpt", self.milter.rcpt(&ctx!(self), &env).await),
-            Event::Data => ("data", self.milter.data(&ctx!(self)).await),
-            Event::Header { name, value } => (
-                "header",
-                self.milter.header(&ctx!(self), &name, &value).await,
-            ),
-            Event::EndOfHeaders => ("eoh", self.milter.eoh(&ctx!(self)).await),
-            Event::Body(chunk) => ("body", self.milter.body(&ctx!(self), &chunk).await),
-            Event::EndOfMessage(chunk) => ("eom", self.end_of_message(chunk, wr).await?),
-            Event::Unknown(line) => ("unknown", self.milter.unknown(&ctx!(self), &line).await),
+            Event::Connect(info) => ("connect", supervised!(self, rd, connect(&info))),
+            Event::Helo(helo) => ("helo", supervised!(self, rd, helo(&helo))),
+            Event::Mail(env) => ("mail", supervised!(self, rd, mail(&env))),
+            Event::Rcpt(env) => ("rcpt", supervised!(self, rd, rcpt(&env))),
+            Event::Data => ("data", supervised!(self, rd, data())),
+            Event::Header { name, value } => {
+                ("header", supervised!(self, rd, header(&name, &value)))
+            }
+            Event::EndOfHeaders => ("eoh", supervised!(self, rd, eoh())),
+            Event::Body(chunk) => ("body", supervised!(self, rd, body(&chunk))),
+            Event::EndOfMessage(chunk) => ("eom", self.end_of_message(chunk, rd, wr).await?),
+            Event::Unknown(line) => ("unknown", supervised!(self, rd, unknown(&line))),
             Event::Abort => {
                 self.call_abort().await;
                 self.in_message = false;
-                return Ok(false);
+                return Ok(Flow::Go);
             }
-            Event::Quit => return Ok(true),
+            Event::Quit => return Ok(Flow::End(Closed::Quit)),
             Event::QuitNoClose => {
                 // One SMTP session ended, another follows on this milter connection: the
                 // next session gets a fresh handler, as if newly connected.
                 self.call_close().await;
                 self.milter = factory();
                 self.in_message = false;
-                return Ok(false);
+                return Ok(Flow::Go);
+            }
+        };
+        let verdict = match ran {
+            Ran::Done(v) => v,
+            Ran::OverBudget => {
+                tracing::warn!(
+                    stage,
+                    budget = ?self.budget,
+                    verdict = self.timeout_verdict.name(),
+                    "handler's {stage} callback ran out of its time budget; abandoned, answering {}",
+                    self.timeout_verdict.name()
+                );
+                self.timeout_verdict.clone()
+            }
+            Ran::PeerGone => return Ok(Flow::End(Closed::PeerGone(stage))),
+            Ran::Stopped => {
+                tracing::warn!(
+                    stage,
+                    verdict = self.timeout_verdict.name(),
+                    "drain deadline passed while the {stage} callback ran; abandoned, answering {}",
+                    self.timeout_verdict.name()
+                );
+                if self.session.reply_due() {
+                    self.answer(stage, self.timeout_verdict.clone())?;
+                }
+                return Ok(Flow::End(Closed::Stopped));
             }
         };
         self.answer(stage, verdict)?;
         if !self.session.in_transaction() {
             self.in_message = false;
         }
-        Ok(false)
+        Ok(Flow::Go)
     }
 
-    /// Runs `eom` with PROGRESS ticking, then queues its modifications and verdict.
-    async fn end_of_message<W>(&mut self, chunk: Bytes, wr: &mut W) -> Result<Verdict, Error>
+    /// Runs `eom` with PROGRESS ticking under the budget, then queues its modifications;
+    /// the verdict, or why there is none.
+    async fn end_of_message<R, W>(
+        &mut self,
+        chunk: Bytes,
+        rd: &mut R,
+        wr: &mut W,
+    ) -> Result<Ran<Verdict>, Error>
     where
+        R: AsyncRead + Unpin + Send,
         W: AsyncWrite + Unpin + Send,
     {
         if !chunk.is_empty() {
             // libmilter hands data carried by end of message to the body callback first.
-            let v = self.milter.body(&ctx!(self), &chunk).await;
-            if !matches!(v, Verdict::Continue | Verdict::Skip) {
-                return Ok(v);
+            match supervised!(self, rd, body(&chunk)) {
+                Ran::Done(Verdict::Continue | Verdict::Skip) => {}
+                other => return Ok(other),
             }
         }
         write_batch(wr, self.session.output()).await?;
@@ -279,14 +501,27 @@ impl<M: Milter> Conn<'_, M> {
             .unwrap_or(Actions::empty());
         let mut actions = EomActions::new(allowed);
         let started = Instant::now();
-        let verdict = {
+        let ran = {
             let ctx = ctx!(self);
             let fut = self.milter.eom(&ctx, &mut actions);
-            with_progress(fut, wr, self.progress_every).await?
+            let watch = Watch {
+                rd,
+                spare: &mut self.spare,
+                eof: &mut self.peer_eof,
+                reply_due: true,
+                budget: self.budget,
+                stop: self.stop,
+            };
+            supervise(fut, watch, Some((&mut *wr, self.progress_every))).await?
         };
         if let Some(m) = self.metrics {
             m.eom_took(started.elapsed());
         }
+        let verdict = match ran {
+            Ran::Done(v) => v,
+            // The handler did not finish: what it recorded is not sent.
+            other => return Ok(other),
+        };
         for m in actions.into_modifications() {
             let name = m.name();
             if let Err(e) = self.session.modify(m) {
@@ -295,10 +530,10 @@ impl<M: Milter> Conn<'_, M> {
                     error = %e,
                     "handler modification refused; answering tempfail"
                 );
-                return Ok(Verdict::Tempfail);
+                return Ok(Ran::Done(Verdict::Tempfail));
             }
         }
-        Ok(verdict)
+        Ok(Ran::Done(verdict))
     }
 
     /// Queues the handler's verdict; a verdict the protocol refuses becomes a logged
@@ -338,11 +573,19 @@ impl<M: Milter> Conn<'_, M> {
     }
 
     async fn call_abort(&mut self) {
-        self.milter.abort(&ctx!(self)).await;
+        let ctx = ctx!(self);
+        let fut = self.milter.abort(&ctx);
+        if tokio::time::timeout(self.budget, fut).await.is_err() {
+            tracing::warn!(budget = ?self.budget, "handler's abort callback ran out of its time budget; abandoned");
+        }
     }
 
     async fn call_close(&mut self) {
-        self.milter.close(&ctx!(self)).await;
+        let ctx = ctx!(self);
+        let fut = self.milter.close(&ctx);
+        if tokio::time::timeout(self.budget, fut).await.is_err() {
+            tracing::warn!(budget = ?self.budget, "handler's close callback ran out of its time budget; abandoned");
+        }
     }
 }
 
@@ -356,33 +599,4 @@ async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> s
     wr.flush().await?;
     out.clear();
     Ok(())
-}
-
-/// Awaits `fut`, sending PROGRESS every `every` meanwhile: each restarts the MTA's timer.
-///
-/// The frame is encoded here rather than through the session, which the handler's
-/// context borrows while `eom` runs; PROGRESS is always valid while end of message awaits
-/// its answer, and nothing else is queued then.
-async fn with_progress<Fut, W>(fut: Fut, wr: &mut W, every: Duration) -> Result<Verdict, Error>
-where
-    Fut: Future<Output = Verdict>,
-    W: AsyncWrite + Unpin,
-{
-    let mut fut = std::pin::pin!(fut);
-    let every = every.max(Duration::from_millis(10));
-    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut frame = BytesMut::new();
-    Reply::Progress.encode(&mut frame);
-    loop {
-        tokio::select! {
-            biased;
-            v = &mut fut => return Ok(v),
-            _ = tick.tick() => {
-                wr.write_all(&frame).await?;
-                wr.flush().await?;
-                tracing::trace!("sent PROGRESS while eom runs");
-            }
-        }
-    }
 }

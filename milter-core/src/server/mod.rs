@@ -1,17 +1,20 @@
-//! The tokio server: listens, runs one [`Milter`] per connection, and shuts down gracefully.
+//! The tokio server: listens, runs one [`Milter`] per connection, and shuts down
+//! without cutting SMTP sessions.
 //!
 //! ```no_run
 //! # use milter_core::handler::Milter;
 //! # struct Noop; impl Milter for Noop {}
 //! # async fn run() -> Result<(), milter_core::Error> {
-//! use milter_core::server::{Server, Timeouts};
+//! use milter_core::Verdict;
+//! use milter_core::server::Server;
 //! use std::time::Duration;
 //!
 //! Server::builder()
 //!     .listen("inet:127.0.0.1:8891")?
 //!     .max_connections(100)
-//!     .timeouts(Timeouts::postfix())
-//!     .shutdown_deadline(Duration::from_secs(30))
+//!     .callback_timeout(Duration::from_secs(60))
+//!     .callback_timeout_verdict(Verdict::Tempfail)
+//!     .shutdown_deadline(Duration::from_secs(300))
 //!     .serve(|| Noop)
 //!     .await
 //! # }
@@ -23,11 +26,51 @@
 //! - A peer's malformed frame, out-of-order command, timeout or I/O error closes that
 //!   connection only, with one log line giving the reason. A panicking handler closes its
 //!   connection only, logged.
+//! - Waits for the MTA default to libmilter's (7210 s; see [`Timeouts::libmilter`]): an
+//!   SMTP session can leave its milter connection quiet for a long time, and closing it
+//!   makes the MTA apply its default action (Postfix: `milter_default_action`) to that
+//!   session's next message.
+//! - Every handler callback runs under a time budget ([`Builder::callback_timeout`],
+//!   default 300 s). When it runs out, the callback's future is dropped and the command
+//!   answered with [`Builder::callback_timeout_verdict`] (default tempfail); at end of
+//!   message PROGRESS stops then too, so a hung backend (DNS, a scanner) cannot keep the
+//!   SMTP client waiting or hold a connection slot for ever. While a callback that owes
+//!   the MTA an answer runs, the socket is watched: if the MTA closes the connection (it
+//!   gave up waiting, e.g. after Postfix's `milter_command_timeout`), the callback is
+//!   dropped at once and its slot freed. A callback that blocks its thread instead of
+//!   awaiting cannot be dropped; keep blocking work in `spawn_blocking`.
 //! - Every connection, message, verdict, protocol error and timeout is counted in
 //!   [`Server::metrics`] (see [`ServerMetrics`] for the names).
-//! - On SIGTERM/SIGINT (or [`ShutdownHandle::shutdown`]) the server stops accepting,
-//!   closes idle connections, lets messages in flight finish until the deadline, then
-//!   closes the rest. Unix socket files it created are removed.
+//!
+//! # Shutdown: draining without cutting sessions
+//!
+//! The MTA opens one milter connection per SMTP session and keeps it for all of that
+//! session's messages. If the milter closes it between messages, Postfix applies
+//! `milter_default_action` (tempfail; `shutdown` since 3.11: 421 and disconnect) to the
+//! session's next message; Sendmail likewise applies the filter's `F=` flag. So on SIGTERM
+//! or SIGINT (or [`ShutdownHandle::shutdown`]) the server:
+//!
+//! 1. stops accepting at once: the listening sockets are closed (unix socket files it
+//!    created are removed), so a new instance can bind the same address and take the
+//!    MTA's new connections;
+//! 2. keeps serving every open connection as before, further messages included, until
+//!    the MTA sends QUIT or closes it. Connections that are between messages, or have
+//!    only done CONNECT/HELO, are *not* closed: every message in flight, and every later
+//!    message of those SMTP sessions, gets its reply;
+//! 3. when the drain deadline ([`Builder::shutdown_deadline`], default 30 s) passes,
+//!    stops what is left: a callback still running is dropped and its command answered
+//!    with the callback-timeout verdict, `abort`/`close` run (1 s grace), and the
+//!    connections close. Size the deadline to the MTA's SMTP sessions (Postfix's
+//!    `smtpd_timeout` is 300 s per command, and its SMTP client reuses connections for up
+//!    to 300 s), and keep the service manager's stop timeout above it;
+//! 4. returns from [`Server::serve`] once every connection has closed.
+//!
+//! A second SIGTERM/SIGINT during the drain skips to step 3.
+//!
+//! The window between the old process closing its listener and a new one binding is not
+//! covered yet: a connection attempted then is refused, and the MTA applies its default
+//! action to that SMTP session. Taking the listener over from a service manager (socket
+//! activation) or from the old process closes that gap; see the changelog.
 
 mod conn;
 mod endpoint;
@@ -51,6 +94,7 @@ pub use metrics::ServerMetrics;
 use crate::error::Error;
 use crate::handler::Milter;
 use crate::metrics::Registry;
+use crate::proto::Verdict;
 use endpoint::Listener;
 
 /// Asks a server to shut down gracefully; clones share the request.
@@ -65,7 +109,8 @@ impl ShutdownHandle {
         ShutdownHandle::default()
     }
 
-    /// Stops accepting and lets messages in flight finish (up to the server's deadline).
+    /// Stops accepting; open connections are served until the MTA quits or closes them,
+    /// or the server's drain deadline passes (see the [module docs](self)).
     pub fn shutdown(&self) {
         self.token.cancel();
     }
@@ -88,6 +133,7 @@ pub struct Builder {
     unix: UnixSocketOptions,
     limits: Limits,
     timeouts: Timeouts,
+    callback_timeout_verdict: Verdict,
     shutdown_deadline: Duration,
     handle_signals: bool,
     shutdown: ShutdownHandle,
@@ -127,13 +173,38 @@ impl Builder {
         self
     }
 
-    /// Per-phase timeouts (default [`Timeouts::postfix`]).
+    /// Per-phase timeouts and the callback budget (default [`Timeouts::libmilter`]).
+    /// Replaces a budget set by [`callback_timeout`](Self::callback_timeout) before it.
     pub fn timeouts(mut self, timeouts: Timeouts) -> Builder {
         self.timeouts = timeouts;
         self
     }
 
-    /// How long a shutdown waits for messages in flight (default 30 s).
+    /// The most any one handler callback may run (default 300 s; [`Duration::MAX`]: no
+    /// limit). Past it the callback's future is dropped (at its current await point) and
+    /// the command is answered with [`callback_timeout_verdict`](Self::callback_timeout_verdict);
+    /// at end of message PROGRESS stops and what the handler recorded in its
+    /// [`EomActions`](crate::handler::EomActions) is not sent. `abort` and `close` are
+    /// bounded too (then simply abandoned). Sets [`Timeouts::callback`].
+    ///
+    /// Separately, while a callback owes the MTA an answer, a closed connection (the MTA
+    /// gave up) drops the callback at once, whatever its budget.
+    pub fn callback_timeout(mut self, budget: Duration) -> Builder {
+        self.timeouts.callback = budget;
+        self
+    }
+
+    /// The answer to a command whose callback ran out of its budget (default
+    /// [`Verdict::Tempfail`]: the MTA retries later, nothing is lost). [`Verdict::Accept`]
+    /// or [`Verdict::Continue`] fail open instead. A verdict the protocol does not allow
+    /// at that stage becomes a logged tempfail, as for the handler's own verdicts.
+    pub fn callback_timeout_verdict(mut self, verdict: Verdict) -> Builder {
+        self.callback_timeout_verdict = verdict;
+        self
+    }
+
+    /// How long a shutdown keeps serving open connections before it stops them (default
+    /// 30 s); see the [module docs](self).
     pub fn shutdown_deadline(mut self, deadline: Duration) -> Builder {
         self.shutdown_deadline = deadline;
         self
@@ -181,6 +252,7 @@ impl Builder {
             listeners,
             limits: self.limits,
             timeouts: self.timeouts,
+            callback_timeout_verdict: self.callback_timeout_verdict,
             shutdown_deadline: self.shutdown_deadline,
             handle_signals: self.handle_signals,
             shutdown: self.shutdown,
@@ -205,6 +277,7 @@ pub struct Server {
     listeners: Vec<Listener>,
     limits: Limits,
     timeouts: Timeouts,
+    callback_timeout_verdict: Verdict,
     shutdown_deadline: Duration,
     handle_signals: bool,
     shutdown: ShutdownHandle,
@@ -213,14 +286,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// A builder with the defaults: Postfix-like timeouts, [`Limits::standard`], a 30 s
-    /// shutdown deadline, signals handled.
+    /// A builder with the defaults: [`Timeouts::libmilter`] (300 s callback budget,
+    /// answered with tempfail), [`Limits::standard`], a 30 s drain deadline, signals
+    /// handled.
     pub fn builder() -> Builder {
         Builder {
             endpoints: Vec::new(),
             unix: UnixSocketOptions::default(),
             limits: Limits::standard(),
-            timeouts: Timeouts::postfix(),
+            timeouts: Timeouts::libmilter(),
+            callback_timeout_verdict: Verdict::Tempfail,
             shutdown_deadline: Duration::from_secs(30),
             handle_signals: true,
             shutdown: ShutdownHandle::new(),
@@ -244,29 +319,33 @@ impl Server {
         &self.registry
     }
 
-    /// Serves until shutdown is requested, then drains: returns once every connection has
-    /// closed (or was closed at the deadline).
+    /// Serves until shutdown is requested, then drains (see the [module docs](self)):
+    /// returns once every connection has closed, by itself or at the drain deadline.
     pub async fn serve<F, M>(self, factory: F) -> Result<(), Error>
     where
         F: Fn() -> M + Send + Sync + 'static,
         M: Milter,
     {
         let shutdown = self.shutdown.clone();
+        // Triggered at the drain deadline: every connection stops.
+        let hard_stop = ShutdownHandle::new();
         if self.handle_signals {
-            spawn_signal_watch(shutdown.clone())?;
+            spawn_signal_watch(shutdown.clone(), hard_stop.clone())?;
         }
         let shared = Arc::new(Shared {
             factory,
             permits: Arc::new(Semaphore::new(self.limits.max_connections)),
             tracker: TaskTracker::new(),
-            hard_stop: CancellationToken::new(),
+            hard_stop: hard_stop.clone(),
             next_id: AtomicU64::new(1),
+            accepting: shutdown.clone(),
             config: ConnectionConfig {
                 timeouts: self.timeouts,
                 limits: self.limits,
                 connection_id: 0,
-                shutdown: shutdown.clone(),
+                shutdown: hard_stop.clone(),
                 metrics: Some(self.metrics),
+                callback_timeout_verdict: self.callback_timeout_verdict,
             },
         });
         let mut accepts = tokio::task::JoinSet::new();
@@ -290,34 +369,45 @@ impl Server {
         tracing::info!(
             open_connections = open,
             deadline = ?self.shutdown_deadline,
-            "shutting down: no longer accepting; draining messages in flight"
+            "shutting down: no longer accepting; open connections are served until the MTA closes them or the deadline passes"
         );
-        if tokio::time::timeout(self.shutdown_deadline, shared.tracker.wait())
-            .await
-            .is_err()
-        {
+        let drained = tokio::select! {
+            r = tokio::time::timeout(self.shutdown_deadline, shared.tracker.wait()) => r.is_ok(),
+            _ = hard_stop.wait() => false,
+        };
+        if !drained {
             tracing::warn!(
                 open_connections = shared.tracker.len(),
-                "shutdown deadline passed; closing the remaining connections"
+                "drain deadline passed; closing the remaining connections"
             );
-            shared.hard_stop.cancel();
+            hard_stop.shutdown();
             shared.tracker.wait().await;
         }
+        // Also ends the signal watch.
+        hard_stop.shutdown();
         tracing::info!("server stopped");
         Ok(())
     }
 }
 
+/// How long a connection told to stop may take to answer and run `abort`/`close`
+/// before its task is aborted.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 struct Shared<F> {
     factory: F,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
-    hard_stop: CancellationToken,
+    /// Triggered at the drain deadline (also [`ConnectionConfig::shutdown`]).
+    hard_stop: ShutdownHandle,
     next_id: AtomicU64,
+    /// Triggered when the server stops accepting.
+    accepting: ShutdownHandle,
     config: ConnectionConfig,
 }
 
-fn spawn_signal_watch(shutdown: ShutdownHandle) -> Result<(), Error> {
+/// First signal: graceful shutdown (drain). Second: stop the connections now.
+fn spawn_signal_watch(shutdown: ShutdownHandle, hard_stop: ShutdownHandle) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -325,10 +415,22 @@ fn spawn_signal_watch(shutdown: ShutdownHandle) -> Result<(), Error> {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
-            _ = shutdown.wait() => return,
+            _ = shutdown.wait() => "",
         };
-        tracing::info!(signal = name, "shutdown requested by signal");
-        shutdown.shutdown();
+        if !name.is_empty() {
+            tracing::info!(signal = name, "shutdown requested by signal");
+            shutdown.shutdown();
+        }
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+            _ = hard_stop.wait() => return,
+        };
+        tracing::warn!(
+            signal = name,
+            "second signal: not waiting for open connections"
+        );
+        hard_stop.shutdown();
     });
     Ok(())
 }
@@ -338,7 +440,7 @@ where
     F: Fn() -> M + Send + Sync + 'static,
     M: Milter,
 {
-    let shutdown = shared.config.shutdown.clone();
+    let shutdown = shared.accepting.clone();
     loop {
         // Backpressure: take a slot before accepting, so a full server leaves new
         // connections in the backlog instead of accepting and dropping them.
@@ -415,6 +517,11 @@ fn spawn_connection<S, F, M>(
     shared.tracker.spawn(async move {
         let _permit = permit;
         let abort = inner.abort_handle();
+        // The connection sees the stop itself; this only catches one that does not end.
+        let overdue = async {
+            hard_stop.wait().await;
+            tokio::time::sleep(STOP_GRACE).await;
+        };
         tokio::select! {
             r = inner => match r {
                 Ok(_) => {}
@@ -426,9 +533,9 @@ fn spawn_connection<S, F, M>(
                 }
                 Err(_) => {}
             },
-            _ = hard_stop.cancelled() => {
+            _ = overdue => {
                 abort.abort();
-                span.in_scope(|| tracing::warn!("connection closed: shutdown deadline passed with a message in flight"));
+                span.in_scope(|| tracing::warn!("connection aborted: it did not stop within {STOP_GRACE:?} of the drain deadline"));
             }
         }
     });

@@ -596,12 +596,21 @@ impl MilterSession {
     }
 
     /// Which timeout applies now, while waiting for the MTA or the handler:
-    /// [`Phase::Negotiation`] until CONNECT arrives; [`Phase::Content`] from DATA (or the
-    /// first header) to the end of the message; [`Phase::Command`] while CONNECT, HELO,
-    /// UNKNOWN or an envelope command awaits its answer and inside the envelope;
-    /// [`Phase::Idle`] between messages.
+    /// [`Phase::Negotiation`] until CONNECT arrives (when CONNECT was negotiated away, only
+    /// until negotiation is done: the next command then comes at the SMTP client's pace);
+    /// [`Phase::Content`] from DATA (or the first header) to the end of the message;
+    /// [`Phase::Command`] while CONNECT, HELO, UNKNOWN or an envelope command awaits its
+    /// answer and inside the envelope; [`Phase::Idle`] between messages.
     pub fn phase(&self) -> Phase {
         match self.conn {
+            Conn::AwaitConnect
+                if self
+                    .negotiated
+                    .as_ref()
+                    .is_some_and(|n| n.skipped(code::CONNECT)) =>
+            {
+                Phase::Idle
+            }
             Conn::AwaitOffer | Conn::Negotiating(_) | Conn::AwaitConnect => Phase::Negotiation,
             Conn::Closed => Phase::Idle,
             Conn::Connected => match (self.pending, self.msg) {

@@ -378,8 +378,10 @@ impl MtaSession {
     pub fn connect(&mut self, info: &ConnectInfo) -> Result<Sent, UsageError> {
         self.ready_for(code::CONNECT, &[State::Negotiated])?;
         check_field("client host name", &info.hostname)?;
-        if let crate::proto::SocketInfo::Unix { path } = &info.socket {
-            check_field("socket path", path)?;
+        match &info.socket {
+            crate::proto::SocketInfo::Unix { path } => check_field("socket path", path)?,
+            crate::proto::SocketInfo::Unparsed { raw, .. } => check_field("client address", raw)?,
+            _ => {}
         }
         Ok(self.event(Command::Connect(info.clone()), State::Connected))
     }
@@ -604,10 +606,11 @@ impl MtaSession {
         if !actions.contains(m.required_action()) {
             return Err(unexpected(code_byte, "without the negotiated action"));
         }
-        m.validate().map_err(|_| ProtocolError::Malformed {
-            code: Code(code_byte),
-            reason: "invalid header name, empty address or NUL in a field",
-        })?;
+        m.validate_received()
+            .map_err(|_| ProtocolError::Malformed {
+                code: Code(code_byte),
+                reason: "invalid header name, empty address or NUL in a field",
+            })?;
         self.modifications += 1;
         if self.modifications > self.config.max_modifications {
             return Err(ProtocolError::Malformed {
