@@ -438,6 +438,20 @@ impl Config {
         }
         for (what, text) in [
             ("actions.reject-message", &a.reject_message),
+            (
+                "outbound.reject-message",
+                self.outbound
+                    .reject_message
+                    .as_ref()
+                    .unwrap_or(&a.reject_message),
+            ),
+            (
+                "inbound.reject-message",
+                self.inbound
+                    .reject_message
+                    .as_ref()
+                    .unwrap_or(&a.reject_message),
+            ),
             ("actions.tempfail-message", &a.tempfail_message),
             ("actions.greylist-message", &a.greylist_message),
             ("actions.quarantine-message", &a.quarantine_message),
@@ -445,6 +459,12 @@ impl Config {
         ] {
             if text.trim().is_empty() || text.chars().any(char::is_control) {
                 return bad(format!("{what} must be one line of text"));
+            }
+            if text.chars().count() > crate::decision::MAX_REPLY_TEXT {
+                return bad(format!(
+                    "{what} is longer than {} characters",
+                    crate::decision::MAX_REPLY_TEXT
+                ));
             }
         }
         let settings = [
@@ -607,11 +627,25 @@ settings-id = "strict"
             ("[address.\"a.com\"]\nsettings-id = \"x\"\n", "local@domain"),
             ("[actions]\nspam-header = \"X Spam\"\n", "field name"),
             ("[actions]\nreject-message = \"two\\nlines\"\n", "one line"),
+            (
+                "[outbound]\nreject-message = \"\"\n",
+                "outbound.reject-message",
+            ),
         ];
         for (text, want) in cases {
             let e = p(text).unwrap_err().to_string();
             assert!(e.starts_with("/etc/spam-milter.toml"), "{e}");
             assert!(e.contains(want), "{text:?}: {e}");
         }
+        let long = format!("[actions]\ntempfail-message = \"{}\"\n", "x".repeat(201));
+        let e = p(&long).unwrap_err().to_string();
+        assert!(e.contains("tempfail-message is longer than 200"), "{e}");
+        assert!(
+            p(&format!(
+                "[actions]\ntempfail-message = \"{}\"\n",
+                "x".repeat(200)
+            ))
+            .is_ok()
+        );
     }
 }

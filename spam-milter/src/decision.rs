@@ -195,10 +195,19 @@ pub fn folded(value: &str) -> String {
     out
 }
 
-/// Reply text from Rspamd or config: one line of printable text, at most 200 characters
-/// (Rspamd's `smtp_message` comes from rules and may hold anything).
+/// Longest reply text sent, in characters (SMTP allows 512 octets per reply line; Postfix
+/// and clients show far less).
+pub const MAX_REPLY_TEXT: usize = 200;
+
+/// Reply text from Rspamd or config: one line of printable text, at most
+/// [`MAX_REPLY_TEXT`] characters (Rspamd's `smtp_message` comes from rules and may hold
+/// anything; the config's texts are checked at load, and cut here all the same).
 pub fn reply_text(candidates: &[Option<&str>], fallback: &str) -> String {
-    for c in candidates.iter().flatten() {
+    for c in candidates
+        .iter()
+        .chain(std::iter::once(&Some(fallback)))
+        .flatten()
+    {
         let mut s: String = c
             .chars()
             .map(|ch| if ch.is_control() { ' ' } else { ch })
@@ -206,14 +215,14 @@ pub fn reply_text(candidates: &[Option<&str>], fallback: &str) -> String {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        if let Some((i, _)) = s.char_indices().nth(200) {
+        if let Some((i, _)) = s.char_indices().nth(MAX_REPLY_TEXT) {
             s.truncate(i);
         }
         if !s.is_empty() {
             return s;
         }
     }
-    fallback.to_string()
+    "Message refused".to_string()
 }
 
 struct Builder<'a> {
