@@ -32,6 +32,12 @@ RUST_TEST_THREADS="$THREADS" cargo test --workspace --ignore-rust-version
 step "cargo test -p milter-core --all-features (testing kit, milter-replay, fuzz hooks)"
 cargo test -p milter-core --all-features --ignore-rust-version
 
+# Every fuzz target for a bounded time on a copy of its seed corpus; any crash, hang
+# (-timeout) or allocation past the limit (-rss_limit_mb) fails. Longer runs and keeping
+# the grown corpus: fuzz/README.md.
+step "bounded fuzzing: fuzz/run-bounded.sh (FUZZ_SECONDS=${FUZZ_SECONDS:-30} per target)"
+"$ROOT/fuzz/run-bounded.sh"
+
 step "main job: tests/stack/run-stack.sh --check (the README's first command, every flow)"
 "$ROOT/tests/stack/run-stack.sh" --check
 
