@@ -7,6 +7,8 @@
 #   CARGO_TARGET_DIR=/work/target-bench bash tests/bench/run.sh
 #
 # Knobs (environment): LEVELS="1 8 64"  RUNS=3  RUN_SECONDS=3  MAX_COUNT=30000  SKIP_BUILD=1
+#   CASES="dkim spam": which cases run; "spam" is spam-milter vs rspamd_proxy (tests/bench/spam.sh,
+#   its own knobs there), e.g. CASES=spam for only that one.
 # Everything listens on 127.0.0.1; every load run is bounded by --count and by `timeout`;
 # every daemon started here is stopped on exit (trap). Scratch files: a mktemp dir in /tmp,
 # kept and printed at the end (raw per-run lines, configs, daemon logs).
@@ -22,6 +24,11 @@ MAX_COUNT=${MAX_COUNT:-30000}
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 BIN="$TARGET/release"
 PY=/usr/bin/python3
+CASES=${CASES:-"dkim spam"}
+if [[ " $CASES " != *" dkim "* ]]; then
+    [[ " $CASES " == *" spam "* ]] && exec bash "$HERE/spam.sh"
+    echo "run.sh: CASES=\"$CASES\" names no known case (dkim, spam)" >&2; exit 2
+fi
 
 for b in /usr/sbin/opendkim /usr/sbin/opendkim-genkey "$PY"; do
     [ -x "$b" ] || { echo "run.sh: $b missing (tests/stack/install-deps.sh installs it)" >&2; exit 2; }
@@ -215,3 +222,7 @@ for c in levels:
           f"{a[3] / b[3]:.2f} | {ra / rb:.2f} |")
 EOF
 echo "scratch (raw runs, configs, logs, signed messages): $SCRATCH" >&2
+if [[ " $CASES " == *" spam "* ]]; then
+    cleanup; PIDS=()   # the DKIM daemons are done; spam.sh starts its own
+    bash "$HERE/spam.sh"
+fi
