@@ -117,6 +117,12 @@ impl Reloadable for State {
             ("user", new.user != old.user),
             ("allow-root", new.allow_root != old.allow_root),
             ("metrics-listen", new.metrics_listen != old.metrics_listen),
+            ("dns-servers", new.dns_servers != old.dns_servers),
+            ("dns-timeout", new.dns_timeout != old.dns_timeout),
+            (
+                "dns-override-file",
+                new.dns_override_file != old.dns_override_file,
+            ),
         ] {
             if changed {
                 tracing::warn!("{name} changed: takes effect only after a restart");
