@@ -132,10 +132,30 @@ fn path_arg(rest: &str) -> String {
 }
 
 fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    serve_session(conn, "sink", |msg| {
+        let (lock, cv) = &**shared;
+        let n = {
+            let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            g.push(msg);
+            g.len()
+        };
+        cv.notify_all();
+        Ok(format!("queued as SINK{n}"))
+    })
+}
+
+/// Serves one SMTP session as a remote MX would (EHLO/HELO, MAIL, RCPT, DATA with dot
+/// unstuffing, RSET, NOOP, QUIT), handing each message to `deliver`. `deliver` returns the
+/// text after `250 2.0.0 Ok: `, or an error that is answered `451 4.3.0`. Shared by the
+/// tests' in-memory [`Sink`] and the main job's sink, which writes files.
+pub fn serve_session<F>(conn: TcpStream, name: &str, mut deliver: F) -> std::io::Result<()>
+where
+    F: FnMut(SinkMessage) -> Result<String, String>,
+{
     conn.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut out = conn.try_clone()?;
     let mut rd = BufReader::new(conn);
-    out.write_all(b"220 sink.test ESMTP sink\r\n")?;
+    out.write_all(format!("220 sink.test ESMTP {name}\r\n").as_bytes())?;
     let (mut helo, mut from, mut rcpts) = (String::new(), None::<String>, Vec::new());
     let mut line = Vec::new();
     loop {
@@ -190,14 +210,10 @@ fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 rcpt_to: std::mem::take(&mut rcpts),
                 data,
             };
-            let (lock, cv) = &**shared;
-            let n = {
-                let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
-                g.push(msg);
-                g.len()
-            };
-            cv.notify_all();
-            out.write_all(format!("250 2.0.0 Ok: queued as SINK{n}\r\n").as_bytes())?;
+            match deliver(msg) {
+                Ok(text) => out.write_all(format!("250 2.0.0 Ok: {text}\r\n").as_bytes())?,
+                Err(_) => out.write_all(b"451 4.3.0 sink cannot store the message\r\n")?,
+            }
             continue;
         } else if upper == "RSET" {
             from = None;

@@ -5,13 +5,13 @@
 
 use anyhow::{Context, Result};
 use std::fs::OpenOptions;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A running sink; stops accepting on drop.
 pub struct Sink {
@@ -130,98 +130,24 @@ fn json_str(s: &str) -> String {
     out
 }
 
-fn path_arg(rest: &str) -> String {
-    let rest = rest.trim_start();
-    match (rest.find('<'), rest.find('>')) {
-        (Some(a), Some(b)) if a < b => rest[a + 1..b].to_string(),
-        _ => rest.split_whitespace().next().unwrap_or("").to_string(),
-    }
-}
-
 fn serve(conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let mut out = conn.try_clone()?;
-    let mut rd = BufReader::new(conn);
-    out.write_all(b"220 sink.test ESMTP milter-stack sink\r\n")?;
-    let (mut helo, mut from, mut rcpts) = (String::new(), None::<String>, Vec::<String>::new());
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        if rd.read_until(b'\n', &mut line)? == 0 {
-            return Ok(());
+    stack_tests::sink::serve_session(conn, "milter-stack sink", |m| {
+        match shared.store(&m.helo, &m.mail_from, &m.rcpt_to, &m.data) {
+            Ok(name) => {
+                shared.log_line(&format!(
+                    "from=<{}> to=<{}> size={} -> {name}.eml",
+                    m.mail_from,
+                    m.rcpt_to.join(">,<"),
+                    m.data.len()
+                ));
+                Ok(format!("stored as {name}"))
+            }
+            Err(e) => {
+                shared.log_line(&format!("cannot store a message: {e:#}"));
+                Err(e.to_string())
+            }
         }
-        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-        let upper = text.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") {
-            helo = text.get(5..).unwrap_or("").trim().to_string();
-            b"250-sink.test\r\n250-8BITMIME\r\n250-SIZE 209715200\r\n250 SMTPUTF8\r\n"
-        } else if upper.starts_with("HELO") {
-            helo = text.get(5..).unwrap_or("").trim().to_string();
-            b"250 sink.test\r\n"
-        } else if upper.starts_with("MAIL FROM:") {
-            from = Some(path_arg(&text[10..]));
-            rcpts.clear();
-            b"250 2.1.0 Ok\r\n"
-        } else if upper.starts_with("RCPT TO:") {
-            if from.is_none() {
-                b"503 5.5.1 need MAIL\r\n"
-            } else {
-                rcpts.push(path_arg(&text[8..]));
-                b"250 2.1.5 Ok\r\n"
-            }
-        } else if upper == "DATA" {
-            if rcpts.is_empty() {
-                out.write_all(b"503 5.5.1 need RCPT\r\n")?;
-                continue;
-            }
-            out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")?;
-            let mut data = Vec::new();
-            loop {
-                line.clear();
-                if rd.read_until(b'\n', &mut line)? == 0 {
-                    return Ok(());
-                }
-                if line == b".\r\n" || line == b".\n" {
-                    break;
-                }
-                let body = if line.first() == Some(&b'.') {
-                    &line[1..]
-                } else {
-                    &line[..]
-                };
-                data.extend_from_slice(body);
-            }
-            let sender = from.take().unwrap_or_default();
-            let to = std::mem::take(&mut rcpts);
-            match shared.store(&helo, &sender, &to, &data) {
-                Ok(name) => {
-                    shared.log_line(&format!(
-                        "from=<{sender}> to=<{}> size={} -> {name}.eml",
-                        to.join(">,<"),
-                        data.len()
-                    ));
-                    out.write_all(format!("250 2.0.0 Ok: stored as {name}\r\n").as_bytes())?;
-                }
-                Err(e) => {
-                    shared.log_line(&format!("cannot store a message: {e:#}"));
-                    out.write_all(b"451 4.3.0 sink cannot store the message\r\n")?;
-                }
-            }
-            continue;
-        } else if upper == "RSET" {
-            from = None;
-            rcpts.clear();
-            b"250 2.0.0 Ok\r\n"
-        } else if upper == "NOOP" {
-            b"250 2.0.0 Ok\r\n"
-        } else if upper == "QUIT" {
-            out.write_all(b"221 2.0.0 Bye\r\n")?;
-            return Ok(());
-        } else {
-            b"502 5.5.2 command not implemented\r\n"
-        };
-        out.write_all(reply)?;
-    }
+    })
 }
 
 /// A message the sink stored.
