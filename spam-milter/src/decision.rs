@@ -6,7 +6,7 @@
 //! insertions, then appended headers, then envelope changes. Forged scan headers of
 //! unauthenticated clients go in the same deletions, whatever Rspamd says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{ActionsConfig, Fallback, GreylistWith, Mode, RejectWith};
 use crate::policy::{Direction, Policy};
@@ -138,6 +138,8 @@ pub struct Decision {
     pub label: &'static str,
     /// The fallback taken, when Rspamd could not decide.
     pub fallback: Option<Fallback>,
+    /// Forged scan headers removed (occurrences).
+    pub forged_removed: usize,
     /// Why, for the log line: action and score, or the error, and what was done.
     pub summary: String,
 }
@@ -149,17 +151,6 @@ pub struct Headers<'a> {
     pub names: &'a [Box<str>],
     /// The first Subject's value.
     pub subject: Option<&'a str>,
-}
-
-impl Headers<'_> {
-    fn count(&self, name: &str) -> u32 {
-        let n = self
-            .names
-            .iter()
-            .filter(|h| h.eq_ignore_ascii_case(name))
-            .count();
-        u32::try_from(n).unwrap_or(u32::MAX)
-    }
 }
 
 /// True if `name` matches a `remove-forged` pattern (case-insensitive, `*` suffix = prefix).
@@ -227,6 +218,9 @@ pub fn reply_text(candidates: &[Option<&str>], fallback: &str) -> String {
 
 struct Builder<'a> {
     headers: Headers<'a>,
+    /// Per name (lowercase): its first spelling and its occurrences, counted once so a
+    /// removal costs a lookup, not a pass over every header.
+    counts: HashMap<String, (&'a str, u32)>,
     /// name (lowercase) -> (spelling, occurrences to delete).
     deletions: BTreeMap<String, (String, Vec<u32>)>,
     changes: Vec<Edit>,
@@ -237,8 +231,13 @@ struct Builder<'a> {
 
 impl<'a> Builder<'a> {
     fn new(headers: Headers<'a>) -> Builder<'a> {
+        let mut counts: HashMap<String, (&'a str, u32)> = HashMap::new();
+        for n in headers.names {
+            counts.entry(n.to_ascii_lowercase()).or_insert((n, 0)).1 += 1;
+        }
         Builder {
             headers,
+            counts,
             deletions: BTreeMap::new(),
             changes: Vec::new(),
             inserts: Vec::new(),
@@ -249,7 +248,7 @@ impl<'a> Builder<'a> {
 
     /// Rspamd's index: 0 all, n > 0 the n-th, n < 0 counted from the end.
     fn delete(&mut self, name: &str, index: i32) {
-        let count = self.headers.count(name);
+        let count = self.count(name);
         let which: Vec<u32> = match index {
             0 => (1..=count).collect(),
             n if n > 0 => vec![n.unsigned_abs()]
@@ -273,6 +272,12 @@ impl<'a> Builder<'a> {
             .entry(name.to_ascii_lowercase())
             .or_insert_with(|| (name.to_string(), Vec::new()));
         e.1.extend(which);
+    }
+
+    fn count(&self, name: &str) -> u32 {
+        self.counts
+            .get(&name.to_ascii_lowercase())
+            .map_or(0, |(_, c)| *c)
     }
 
     fn add(&mut self, name: &str, value: &str) {
@@ -311,11 +316,17 @@ pub fn decide(
     headers: Headers<'_>,
 ) -> Decision {
     let mut b = Builder::new(headers);
+    let mut forged_removed = 0;
     if policy.strip_forged {
-        for n in headers.names {
-            if is_forged_name(&cfg.remove_forged, n) {
-                b.delete(n, 0);
-            }
+        let forged: Vec<(&str, u32)> = b
+            .counts
+            .values()
+            .filter(|(n, _)| is_forged_name(&cfg.remove_forged, n))
+            .copied()
+            .collect();
+        for (name, c) in forged {
+            b.delete(name, 0);
+            forged_removed += c as usize;
         }
     }
     let fallback = |b: &mut Builder<'_>, f: Fallback, why: String, label: &'static str| {
@@ -397,6 +408,7 @@ pub fn decide(
         edits: b.finish(),
         label,
         fallback: fb,
+        forged_removed,
         summary,
     }
 }

@@ -102,7 +102,7 @@ impl SpamMetrics {
     }
 
     /// Counts one message's decision.
-    pub fn decision(&self, d: &Decision, forged_removed: usize) {
+    pub fn decision(&self, d: &Decision) {
         self.messages.inc(&[d.label]);
         if let Some(f) = d.fallback {
             self.fallbacks.inc(&[match f {
@@ -111,7 +111,7 @@ impl SpamMetrics {
                 Fallback::Reject => "reject",
             }]);
         }
-        self.forged.add(forged_removed as u64);
+        self.forged.add(d.forged_removed as u64);
     }
 
     /// Counts a scan error.

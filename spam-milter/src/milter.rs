@@ -295,17 +295,9 @@ impl Milter for SpamMilter {
             subject: m.collector.subject(),
         };
         let d = decision::decide(outcome, &policy, &cfg.actions, cfg.on_oversize, headers);
-        let forged = if policy.strip_forged {
-            headers
-                .names
-                .iter()
-                .filter(|n| decision::is_forged_name(&cfg.actions.remove_forged, n))
-                .count()
-        } else {
-            0
-        };
+        let forged = d.forged_removed;
         if let Some(metrics) = &self.shared.metrics {
-            metrics.decision(&d, forged);
+            metrics.decision(&d);
         }
         let verdict = apply(&d, actions);
         let qid = m.env.queue_id.as_deref().unwrap_or("NOQUEUE");

@@ -129,6 +129,7 @@ fn add_header_sets_the_spam_header_once() {
         ]
     );
     assert_eq!(adds(&d), [("X-Spam".to_string(), "Yes".to_string())]);
+    assert_eq!(d.forged_removed, 2);
 }
 
 #[test]

@@ -27,9 +27,11 @@
 //! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs).
 
 pub mod corpus;
+pub mod daemon;
 pub mod dkim;
 pub mod dns;
 pub mod dovecot;
+pub mod mail;
 pub mod maildir;
 pub mod opendkim;
 pub mod ports;

@@ -3,9 +3,13 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+#[allow(unused_imports)] // not every test binary reads whole header lists
+pub use stack_tests::mail::{header_values, headers};
+
+use stack_tests::daemon::DaemonProcess;
 use stack_tests::dkim::{DkimKey, dkimpy_verify, opendkim_genkey, opendkim_test_verify};
 use stack_tests::dns::DnsStub;
 
@@ -17,11 +21,11 @@ pub const AUTHSERV: &str = "mx.dkim.test";
 
 /// A running `dkim-milter` with its own config, keys dir, log file and DNS stub.
 pub struct Daemon {
-    child: Option<Child>,
+    proc: DaemonProcess,
     spec: String,
+    // The config dir and the DNS stub outlive the process (fields drop in order).
     dir: tempfile::TempDir,
     config: PathBuf,
-    // Dropped after `Drop::drop` below has killed the daemon.
     dns: DnsStub,
 }
 
@@ -46,20 +50,9 @@ impl Daemon {
     /// inet on a free loopback port) and `dns-servers` = the daemon's own stub.
     pub fn start_with(socket: Option<&str>, body: &str) -> Daemon {
         let mut d = Daemon::spawn(socket, body);
-        let end = Instant::now() + T;
-        while !d.log().contains("dkim-milter listening on") {
-            if let Some(c) = d.child.as_mut()
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                panic!("dkim-milter exited with {st}:\n{}", d.log());
-            }
-            assert!(
-                Instant::now() < end,
-                "dkim-milter did not start:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        d.proc
+            .wait_ready("dkim-milter listening on", T)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         d
     }
 
@@ -67,19 +60,8 @@ impl Daemon {
     /// exit by itself; its exit code and log.
     pub fn run_to_exit(socket: Option<&str>, body: &str) -> (Option<i32>, String) {
         let mut d = Daemon::spawn(socket, body);
-        let mut c = d.child.take().expect("child");
-        let end = Instant::now() + T;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return (st.code(), d.log());
-            }
-            if Instant::now() > end {
-                let _ = c.kill();
-                let _ = c.wait();
-                panic!("dkim-milter did not exit:\n{}", d.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let code = d.proc.wait_exit(T).unwrap_or_else(|e| panic!("{e:#}"));
+        (code, d.log())
     }
 
     fn spawn(socket: Option<&str>, body: &str) -> Daemon {
@@ -108,19 +90,16 @@ impl Daemon {
             ),
         )
         .expect("write config");
-        let log = dir.path().join("dkim-milter.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("dup"))
-            .stderr(out)
-            .spawn()
-            .expect("spawn dkim-milter");
+        let proc = DaemonProcess::spawn(
+            "dkim-milter",
+            Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
+                .arg("--config")
+                .arg(&config),
+            &dir.path().join("dkim-milter.log"),
+        )
+        .expect("spawn dkim-milter");
         Daemon {
-            child: Some(child),
+            proc,
             spec,
             dir,
             config,
@@ -135,7 +114,7 @@ impl Daemon {
 
     /// The daemon's process id (until it was terminated).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.proc.pid()
     }
 
     /// The daemon's DNS server (its `dns-servers`): publish records with `add_txt`, see
@@ -151,65 +130,24 @@ impl Daemon {
 
     /// The daemon's log so far.
     pub fn log(&self) -> String {
-        stack_tests::sys::read_lossy(&self.dir.path().join("dkim-milter.log"))
+        self.proc.log()
     }
 
     /// Waits until the log has at least `n` lines containing `needle`; returns them.
     pub fn wait_lines(&self, needle: &str, n: usize) -> Vec<String> {
-        let end = Instant::now() + T;
-        loop {
-            let lines: Vec<String> = self
-                .log()
-                .lines()
-                .filter(|l| l.contains(needle))
-                .map(str::to_string)
-                .collect();
-            if lines.len() >= n {
-                return lines;
-            }
-            assert!(
-                Instant::now() < end,
-                "no {n} log line(s) with {needle:?} in:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.proc
+            .wait_lines(needle, n, T)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Sends a signal to the daemon.
     pub fn signal(&self, sig: i32) {
-        if let Some(c) = &self.child {
-            stack_tests::sys::signal(c.id() as i32, sig);
-        }
+        self.proc.signal(sig)
     }
 
     /// SIGTERM, then waits for the exit; returns whether it exited 0 in time.
     pub fn terminate(&mut self) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        stack_tests::sys::signal(c.id() as i32, libc::SIGTERM);
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.success();
-            }
-            if Instant::now() > end {
-                let _ = c.kill();
-                let _ = c.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.proc.terminate(Duration::from_secs(10))
     }
 }
 
@@ -247,32 +185,6 @@ pub fn crlf(msg: &[u8]) -> Vec<u8> {
         prev = b;
     }
     out
-}
-
-/// `(name, value)` of every header of a message (CRLF or LF), unfolded, in order.
-pub fn headers(msg: &[u8]) -> Vec<(String, String)> {
-    let text = String::from_utf8_lossy(msg).replace("\r\n", "\n");
-    let head = text.split("\n\n").next().unwrap_or("");
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in head.split('\n') {
-        if line.starts_with([' ', '\t']) {
-            if let Some(last) = out.last_mut() {
-                last.1.push_str(line);
-            }
-        } else if let Some((n, v)) = line.split_once(':') {
-            out.push((n.to_string(), v.trim().to_string()));
-        }
-    }
-    out
-}
-
-/// Values of the headers called `name` (case-insensitive).
-pub fn header_values(msg: &[u8], name: &str) -> Vec<String> {
-    headers(msg)
-        .into_iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
-        .collect()
 }
 
 /// The `tag=` value of a DKIM-Signature.
@@ -336,13 +248,7 @@ pub fn by_subject(msgs: &[stack_tests::sink::SinkMessage], subject: &str) -> Vec
 /// One message over plain SMTP to 127.0.0.1:`port`; the end-of-data reply (or the
 /// first refusal).
 pub fn smtp_send(port: u16, from: &str, to: &str, msg: &[u8]) -> stack_tests::swaks::SmtpReply {
-    let (mut c, _) = stack_tests::smtp::SmtpClient::connect(port).expect("connect");
-    c.expect("EHLO client.remote.test", 250).expect("EHLO");
-    c.expect(&format!("MAIL FROM:<{from}>"), 250).expect("MAIL");
-    c.expect(&format!("RCPT TO:<{to}>"), 250).expect("RCPT");
-    let r = c.data(msg).expect("DATA");
-    let _ = c.cmd("QUIT");
-    r
+    stack_tests::mail::smtp_send(port, from, to, msg).expect("SMTP")
 }
 
 /// Signs `msg` (CRLF) with dkimpy as an outside domain would; returns the signed message.
