@@ -140,6 +140,22 @@ pub enum SelectorRule {
     Newest,
 }
 
+/// When a key found in `{keys-dir}/{domain}/` (selector rule, not pinned) may sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyActivation {
+    /// Only once `{selector}._domainkey.{domain}` publishes its public key (default): a key
+    /// dropped in before its record exists does not break DKIM, the previous key keeps
+    /// signing. While no key of the domain is verified yet (fresh install, DNS not
+    /// reachable) the selector rule's pick signs, with a warning, as OpenDKIM would.
+    Dns,
+    /// Like `dns`, but while no key is verified the domain does not sign (its mail
+    /// follows `on-key-error`).
+    DnsStrict,
+    /// The selector rule's pick signs at once (no DNS check; the behaviour before 0.2).
+    Immediate,
+}
+
 /// One `dns-servers` entry: `IP` or `IP:PORT` (IPv6 with a port as `[::1]:5353`), port 53
 /// when not given. Host names are refused: the resolver cannot resolve its own servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -254,6 +270,13 @@ pub struct Config {
     pub multiple_signatures: bool,
     /// Selector choice when a domain directory has several keys.
     pub selector_rule: SelectorRule,
+    /// When a new key in the directory layout starts signing (see [`KeyActivation`]).
+    /// Pinned selectors and KeyTable keys are never gated.
+    pub key_activation: KeyActivation,
+    /// Seconds between DNS checks of the directory layout's keys (also checked right
+    /// after every reload). Default 300: a published key signs at most 5 minutes after
+    /// its record is visible to `dns-servers`.
+    pub key_recheck_seconds: u64,
     /// Sign with Ed25519 too when a domain has an Ed25519 key next to its RSA key.
     pub dual_sign: bool,
     /// Private key permission policy (OpenDKIM `RequireSafeKeys`).
@@ -346,6 +369,8 @@ impl Default for Config {
             signing_table: None,
             multiple_signatures: false,
             selector_rule: SelectorRule::HighestName,
+            key_activation: KeyActivation::Dns,
+            key_recheck_seconds: 300,
             dual_sign: true,
             key_permissions: KeyPermissions::Refuse,
             sign_headers: DEFAULT_SIGN_HEADERS.iter().map(|s| s.to_string()).collect(),
@@ -443,6 +468,9 @@ impl Config {
         }
         if self.reload_poll_seconds == 0 {
             return Err(bad("reload-poll-seconds must be at least 1".into()));
+        }
+        if self.key_recheck_seconds == 0 {
+            return Err(bad("key-recheck-seconds must be at least 1".into()));
         }
         if self.dns_servers.as_ref().is_some_and(Vec::is_empty) {
             return Err(bad(

@@ -199,6 +199,7 @@ mod tests {
             bits: 256,
             identity: None,
             path: "/k".into(),
+            public: crate::keystore::PublicKey::of(&k),
             key: SharedKey(Arc::new(k.key)),
         }
     }

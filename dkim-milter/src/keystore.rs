@@ -16,6 +16,14 @@
 //!    key is broken the domain is in error; we never silently fall back to another one;
 //! 3. with `dual-sign` (default) the RSA and the Ed25519 pick both sign; otherwise RSA
 //!    only (Ed25519 only if the domain has no RSA key).
+//!
+//! With `key-activation = "dns"` (default) or `"dns-strict"`, rule 2 changes (safe key
+//! rotation, see [`crate::activation`]): every candidate is loaded, and per algorithm the
+//! key that signs is the *newest* (mtime, ties by name) whose public key DNS publishes.
+//! Newest, not the selector rule's order: the file the operator dropped in last is the
+//! rotation target, while name order lets a stray `old-default.private` outrank
+//! `default`. Until one is verified, `dns` signs with the rule's pick (so a fresh
+//! install without DNS still signs, as OpenDKIM would) and `dns-strict` does not sign.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +32,8 @@ use std::sync::Arc;
 use mail_auth::crypto::{Algorithm, SigningKey};
 use mail_auth::headers::Writable;
 
-use crate::config::{Config, EmptyDomainDir, SelectorRule};
+use crate::activation::Gate;
+use crate::config::{Config, EmptyDomainDir, KeyActivation, SelectorRule};
 use crate::keys::{self, AnyKey, KeyKind, ParsedKey};
 use crate::tables::{KeySource, KeyTable, SigningTable};
 
@@ -39,6 +48,30 @@ impl SigningKey for SharedKey {
     }
     fn algorithm(&self) -> Algorithm {
         self.0.algorithm()
+    }
+}
+
+/// A key's public half, to compare with a DNS record.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    /// SubjectPublicKeyInfo DER (RSA) or the raw 32 bytes (Ed25519).
+    pub spki: Vec<u8>,
+    /// RSA only: PKCS#1 RSAPublicKey DER, which some records publish instead.
+    pub pkcs1: Option<Vec<u8>>,
+}
+
+impl PublicKey {
+    /// True if a record's `p=` bytes are this key.
+    pub fn matches(&self, p: &[u8]) -> bool {
+        p == self.spki.as_slice() || self.pkcs1.as_deref() == Some(p)
+    }
+
+    /// The public half of a parsed key.
+    pub fn of(k: &ParsedKey) -> Arc<PublicKey> {
+        Arc::new(PublicKey {
+            spki: k.public_key.clone(),
+            pkcs1: k.public_key_pkcs1.clone(),
+        })
     }
 }
 
@@ -57,6 +90,8 @@ pub struct SignKey {
     pub identity: Option<String>,
     /// Where the key came from.
     pub path: PathBuf,
+    /// The public key (for DNS checks).
+    pub public: Arc<PublicKey>,
     /// The key.
     pub key: SharedKey,
 }
@@ -132,10 +167,52 @@ impl Note {
 enum DomainKeys {
     /// Ready to sign.
     Keys(Vec<SignKey>),
+    /// Candidates per algorithm; which signs depends on DNS (`key-activation = "dns*"`).
+    Gated(Vec<KindCandidates>),
     /// Broken (or empty, with `empty-domain-dir = "key-error"`): on-key-error applies.
     Broken(String),
     /// No key in the directory: mail passes unsigned.
     Empty(String),
+}
+
+/// One algorithm's candidates of a gated domain.
+#[derive(Debug, Clone)]
+struct KindCandidates {
+    kind: KeyKind,
+    /// Loaded keys, in selector-rule order (the first is the rule's pick).
+    cands: Vec<(SignKey, std::time::SystemTime)>,
+    /// The rule's pick did not load: the domain's error while nothing is verified.
+    pick_error: Option<String>,
+}
+
+/// A key the DNS checker looks at.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// `d=`.
+    pub domain: String,
+    /// `s=`.
+    pub selector: String,
+    /// Algorithm.
+    pub kind: KeyKind,
+    /// Size.
+    pub bits: usize,
+    /// The file.
+    pub path: PathBuf,
+    /// Public half.
+    pub public: Arc<PublicKey>,
+}
+
+impl Candidate {
+    fn of(k: &SignKey) -> Candidate {
+        Candidate {
+            domain: k.domain.clone(),
+            selector: k.selector.clone(),
+            kind: k.kind,
+            bits: k.bits,
+            path: k.path.clone(),
+            public: k.public.clone(),
+        }
+    }
 }
 
 /// Why [`load_domain_dir`] found nothing to sign with.
@@ -173,6 +250,9 @@ enum Source {
 /// All signing keys.
 pub struct KeyStore {
     source: Source,
+    gate: Arc<Gate>,
+    activation: KeyActivation,
+    dual_sign: bool,
     sign_subdomains: bool,
     permissions: crate::config::KeyPermissions,
     notes: Vec<Note>,
@@ -234,6 +314,7 @@ fn load_checked(
         bits: parsed.bits,
         identity: None,
         path: path.to_path_buf(),
+        public: PublicKey::of(&parsed),
         key: SharedKey(Arc::new(parsed.key)),
     })
 }
@@ -257,7 +338,7 @@ fn load_domain_dir(
     domain: &str,
     cfg: &Config,
     notes: &mut Vec<Note>,
-) -> Result<Vec<SignKey>, DirProblem> {
+) -> Result<DomainKeys, DirProblem> {
     if let Some(dc) = cfg.domain.get(domain).filter(|d| !d.selectors.is_empty()) {
         let mut keys = Vec::new();
         for sel in &dc.selectors {
@@ -272,7 +353,7 @@ fn load_domain_dir(
             }
             keys.push(k);
         }
-        return Ok(keys);
+        return Ok(DomainKeys::Keys(keys));
     }
     let rd = std::fs::read_dir(dir)
         .map_err(|e| DirProblem::Broken(format!("{}: {e}", dir.display())))?;
@@ -313,6 +394,9 @@ fn load_domain_dir(
         SelectorRule::HighestName => cands.sort_by(|a, b| b.0.cmp(&a.0)),
         SelectorRule::Newest => cands.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0))),
     }
+    if cfg.key_activation != KeyActivation::Immediate {
+        return load_gated(&cands, domain, cfg, notes);
+    }
     // Best candidate per kind; an unparsable file counts as "RSA" (its kind is unknown),
     // so a broken newest RSA key is an error rather than a silent fallback.
     let mut picked: BTreeMap<KeyKind, &(String, std::time::SystemTime, PathBuf)> = BTreeMap::new();
@@ -328,7 +412,49 @@ fn load_domain_dir(
     for (_, (sel, _, path)) in chosen {
         keys.push(load_checked(path, domain, sel, cfg, notes).map_err(DirProblem::Broken)?);
     }
-    Ok(keys)
+    Ok(DomainKeys::Keys(keys))
+}
+
+/// Loads every candidate (in selector-rule order), grouped by algorithm; a broken file
+/// is a warning unless it is the rule's pick (then it is the domain's error while no
+/// other key is verified, as without gating).
+fn load_gated(
+    cands: &[(String, std::time::SystemTime, PathBuf)],
+    domain: &str,
+    cfg: &Config,
+    notes: &mut Vec<Note>,
+) -> Result<DomainKeys, DirProblem> {
+    let mut kinds: Vec<KindCandidates> = Vec::new();
+    for (sel, mtime, path) in cands {
+        let peek = peek_kind(path).unwrap_or(KeyKind::Rsa);
+        let idx = match kinds.iter().position(|k| k.kind == peek) {
+            Some(i) => i,
+            None => {
+                kinds.push(KindCandidates {
+                    kind: peek,
+                    cands: Vec::new(),
+                    pick_error: None,
+                });
+                kinds.len() - 1
+            }
+        };
+        let first = kinds[idx].cands.is_empty() && kinds[idx].pick_error.is_none();
+        match load_checked(path, domain, sel, cfg, notes) {
+            Ok(k) => kinds[idx].cands.push((k, *mtime)),
+            Err(e) if first => kinds[idx].pick_error = Some(e),
+            Err(e) => notes.push(Note {
+                level: Level::Warning,
+                text: format!("{domain}: warning: candidate s={sel} ignored: {e}"),
+            }),
+        }
+    }
+    kinds.sort_by_key(|k| k.kind);
+    if kinds.iter().all(|k| k.cands.is_empty()) {
+        // Nothing loaded at all: the domain is broken, exactly as without gating.
+        let errs: Vec<String> = kinds.into_iter().filter_map(|k| k.pick_error).collect();
+        return Err(DirProblem::Broken(errs.join("; ")));
+    }
+    Ok(DomainKeys::Gated(kinds))
 }
 
 impl KeyStore {
@@ -360,6 +486,7 @@ impl KeyStore {
                                 bits: k.bits,
                                 identity: None,
                                 path: kt_path.clone(),
+                                public: PublicKey::of(&k),
                                 key: SharedKey(Arc::new(k.key)),
                             })
                             .map_err(|err| {
@@ -412,7 +539,7 @@ impl KeyStore {
                     }
                     let domain = name.to_ascii_lowercase();
                     let entry = match load_domain_dir(&path, &domain, cfg, &mut notes) {
-                        Ok(keys) => DomainKeys::Keys(keys),
+                        Ok(keys) => keys,
                         Err(DirProblem::Empty(e))
                             if cfg.empty_domain_dir == EmptyDomainDir::Unsigned =>
                         {
@@ -451,6 +578,9 @@ impl KeyStore {
         };
         Ok(KeyStore {
             source,
+            gate: Arc::new(Gate::default()),
+            activation: cfg.key_activation,
+            dual_sign: cfg.dual_sign,
             sign_subdomains: cfg.sign_subdomains,
             permissions: cfg.key_permissions,
             notes,
@@ -467,7 +597,7 @@ impl KeyStore {
         match &self.source {
             Source::Dir(d) => d
                 .values()
-                .filter(|r| matches!(r, DomainKeys::Keys(_)))
+                .filter(|r| matches!(r, DomainKeys::Keys(_) | DomainKeys::Gated(_)))
                 .count(),
             Source::Tables { keys, .. } => keys.values().filter(|r| r.is_ok()).count(),
         }
@@ -491,6 +621,165 @@ impl KeyStore {
         self.notes.iter().filter(|n| n.is_warning()).count()
     }
 
+    /// What the DNS checker records into (carried over reloads with [`Gate::adopt`]).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    /// True if some domain's key choice depends on DNS.
+    pub fn has_gated(&self) -> bool {
+        matches!(&self.source, Source::Dir(d) if d.values().any(|v| matches!(v, DomainKeys::Gated(_))))
+    }
+
+    /// Every key whose activation depends on DNS.
+    pub fn gated_candidates(&self) -> Vec<Candidate> {
+        let Source::Dir(domains) = &self.source else {
+            return Vec::new();
+        };
+        domains
+            .values()
+            .filter_map(|v| match v {
+                DomainKeys::Gated(kinds) => Some(kinds),
+                _ => None,
+            })
+            .flatten()
+            .flat_map(|kc| kc.cands.iter().map(|(k, _)| Candidate::of(k)))
+            .collect()
+    }
+
+    /// Every loaded key with a fixed domain (gated, pinned, KeyTable), for `testkey`.
+    pub fn all_keys(&self) -> Vec<Candidate> {
+        match &self.source {
+            Source::Dir(domains) => domains
+                .values()
+                .flat_map(|v| match v {
+                    DomainKeys::Keys(keys) => keys.iter().map(Candidate::of).collect(),
+                    DomainKeys::Gated(kinds) => kinds
+                        .iter()
+                        .flat_map(|kc| kc.cands.iter().map(|(k, _)| Candidate::of(k)))
+                        .collect(),
+                    _ => Vec::new(),
+                })
+                .collect(),
+            Source::Tables { keys, .. } => keys
+                .values()
+                .flatten()
+                .filter(|k| k.domain != "(sender)")
+                .map(Candidate::of)
+                .collect(),
+        }
+    }
+
+    /// `Some(why)` if `domain`'s key `selector` signs now.
+    pub fn why_active(&self, domain: &str, selector: &str) -> Option<String> {
+        match &self.source {
+            Source::Dir(domains) => match domains.get(domain)? {
+                DomainKeys::Keys(keys) => keys.iter().any(|k| k.selector == selector).then(|| {
+                    if self.activation == KeyActivation::Immediate {
+                        "selector rule (key-activation = \"immediate\")".into()
+                    } else {
+                        "pinned in [domain] selectors (not DNS-gated)".into()
+                    }
+                }),
+                DomainKeys::Gated(kinds) => self
+                    .resolve(domain, kinds)
+                    .ok()?
+                    .into_iter()
+                    .find(|(k, _)| k.selector == selector)
+                    .map(|(_, why)| why.to_string()),
+                _ => None,
+            },
+            Source::Tables { keys, .. } => keys
+                .values()
+                .flatten()
+                .any(|k| k.domain == domain && k.selector == selector)
+                .then(|| "KeyTable (not DNS-gated; the SigningTable decides)".into()),
+        }
+    }
+
+    /// Which gated key signs per algorithm, and why; see the module doc.
+    fn resolve(
+        &self,
+        domain: &str,
+        kinds: &[KindCandidates],
+    ) -> Result<Vec<(SignKey, &'static str)>, String> {
+        let mut out = Vec::new();
+        let mut errors = Vec::new();
+        for kc in kinds {
+            let verified = kc
+                .cands
+                .iter()
+                .filter(|(k, _)| self.gate.verified(domain, &k.selector, &k.public))
+                .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.selector.cmp(&b.0.selector)));
+            if let Some((k, _)) = verified {
+                out.push((k.clone(), "newest key published in DNS and matching"));
+                continue;
+            }
+            match (self.activation, &kc.pick_error, kc.cands.first()) {
+                (KeyActivation::DnsStrict, _, _) => errors.push(format!(
+                    "no {} key is published in DNS yet (key-activation = \"dns-strict\")",
+                    kc.kind.k()
+                )),
+                (_, Some(e), _) => errors.push(e.clone()),
+                (_, None, Some((k, _))) => out.push((
+                    k.clone(),
+                    "selector-rule pick: no key verified in DNS yet (key-activation = \"dns\")",
+                )),
+                (_, None, None) => {}
+            }
+        }
+        if out.is_empty() {
+            return Err(if errors.is_empty() {
+                "no usable key".into()
+            } else {
+                errors.join("; ")
+            });
+        }
+        if !self.dual_sign && out.len() > 1 {
+            out.retain(|(k, _)| k.kind == KeyKind::Rsa);
+        }
+        Ok(out)
+    }
+
+    /// Logs, once per change, which gated key signs for each domain and algorithm.
+    pub fn log_activation(&self) {
+        let Source::Dir(domains) = &self.source else {
+            return;
+        };
+        for (d, v) in domains {
+            let DomainKeys::Gated(kinds) = v else {
+                continue;
+            };
+            match self.resolve(d, kinds) {
+                Ok(keys) => {
+                    for (k, why) in keys {
+                        if let Some(prev) = self.gate.set_active(d, k.kind, &k.selector) {
+                            let was = prev.map(|p| format!("; was s={p}")).unwrap_or_default();
+                            if why.starts_with("newest") {
+                                tracing::info!(
+                                    "{d}: s={} ({}) signs: {why}{was}",
+                                    k.selector,
+                                    k.kind.k()
+                                );
+                            } else {
+                                tracing::warn!(
+                                    "{d}: s={} ({}) signs: {why}{was}",
+                                    k.selector,
+                                    k.kind.k()
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if self.gate.set_active(d, KeyKind::Rsa, "").is_some() {
+                        tracing::warn!("{d}: not signing: {e}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Keys for a From address (`user@domain`, domain lowercased by the caller or not).
     pub fn lookup(&self, from_address: &str) -> Lookup {
         let from_address = from_address.to_ascii_lowercase();
@@ -503,6 +792,17 @@ impl KeyStore {
                 loop {
                     match domains.get(d) {
                         Some(DomainKeys::Keys(keys)) => return Lookup::Sign(keys.clone()),
+                        Some(DomainKeys::Gated(kinds)) => {
+                            return match self.resolve(d, kinds) {
+                                Ok(keys) => {
+                                    Lookup::Sign(keys.into_iter().map(|(k, _)| k).collect())
+                                }
+                                Err(error) => Lookup::KeyError {
+                                    domain: d.to_string(),
+                                    error,
+                                },
+                            };
+                        }
                         Some(DomainKeys::Broken(e)) => {
                             return Lookup::KeyError {
                                 domain: d.to_string(),
@@ -557,6 +857,7 @@ impl KeyStore {
                                     bits: k.bits,
                                     identity: None,
                                     path: path.clone(),
+                                    public: PublicKey::of(&k),
                                     key: SharedKey(Arc::new(k.key)),
                                 })
                                 .map_err(|e| format!("{}: {e}", path.display()))
@@ -743,6 +1044,106 @@ mod tests {
             Lookup::KeyError { error, .. } => assert!(error.contains("not secure"), "{error}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn set_mtime(dir: &Path, domain: &str, sel: &str, secs: u64) {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.join(domain).join(format!("{sel}.private")))
+            .unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+
+    fn verify(s: &KeyStore, domain: &str, sel: &str, state: crate::activation::DnsState) {
+        let c = s
+            .gated_candidates()
+            .into_iter()
+            .find(|c| c.domain == domain && c.selector == sel)
+            .unwrap();
+        s.gate().record(domain, sel, &c.public, state);
+    }
+
+    #[test]
+    fn dns_gated_rotation_new_key_waits_for_its_record() {
+        use crate::activation::DnsState;
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "a");
+        set_mtime(t.path(), "example.com", "a", 1_000);
+        let s = KeyStore::load(&cfg(t.path())).unwrap();
+        assert!(s.has_gated());
+        // Nothing verified yet: the rule's pick signs (fresh install).
+        assert_eq!(sels(s.lookup("x@example.com")), vec!["example.com/a"]);
+        verify(&s, "example.com", "a", DnsState::Matching);
+
+        // A new key, higher name and newer: not used while its record is absent.
+        genkey(t.path(), "example.com", "b");
+        set_mtime(t.path(), "example.com", "b", 2_000);
+        let s2 = KeyStore::load(&cfg(t.path())).unwrap();
+        s2.gate().adopt(s.gate());
+        assert_eq!(sels(s2.lookup("x@example.com")), vec!["example.com/a"]);
+        verify(&s2, "example.com", "b", DnsState::Absent);
+        assert_eq!(sels(s2.lookup("x@example.com")), vec!["example.com/a"]);
+        assert!(
+            s2.why_active("example.com", "a")
+                .unwrap()
+                .contains("published in DNS")
+        );
+        assert_eq!(s2.why_active("example.com", "b"), None);
+        // A DNS error does not take a out of service.
+        verify(&s2, "example.com", "a", DnsState::Error("timeout".into()));
+        assert_eq!(sels(s2.lookup("x@example.com")), vec!["example.com/a"]);
+        // Published: b (newest verified) signs.
+        verify(&s2, "example.com", "b", DnsState::Matching);
+        assert_eq!(sels(s2.lookup("x@example.com")), vec!["example.com/b"]);
+        // Published with another key: back to a.
+        verify(
+            &s2,
+            "example.com",
+            "b",
+            DnsState::Different("p= is another key".into()),
+        );
+        assert_eq!(sels(s2.lookup("x@example.com")), vec!["example.com/a"]);
+
+        // Without gating the rule's pick signs at once.
+        let mut c = cfg(t.path());
+        c.key_activation = KeyActivation::Immediate;
+        let s3 = KeyStore::load(&c).unwrap();
+        assert!(!s3.has_gated());
+        assert_eq!(sels(s3.lookup("x@example.com")), vec!["example.com/b"]);
+
+        // dns-strict: nothing verified, nothing signs.
+        let mut c = cfg(t.path());
+        c.key_activation = KeyActivation::DnsStrict;
+        let s4 = KeyStore::load(&c).unwrap();
+        match s4.lookup("x@example.com") {
+            Lookup::KeyError { error, .. } => assert!(error.contains("dns-strict"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        verify(&s4, "example.com", "a", DnsState::Matching);
+        assert_eq!(sels(s4.lookup("x@example.com")), vec!["example.com/a"]);
+    }
+
+    #[test]
+    fn stray_old_default_does_not_outrank_default() {
+        use crate::activation::DnsState;
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "old-default");
+        set_mtime(t.path(), "example.com", "old-default", 1_000);
+        genkey(t.path(), "example.com", "default");
+        set_mtime(t.path(), "example.com", "default", 2_000);
+        let s = KeyStore::load(&cfg(t.path())).unwrap();
+        // Byte order puts old-default first: that is what the rule alone would pick.
+        assert_eq!(
+            sels(s.lookup("x@example.com")),
+            vec!["example.com/old-default"]
+        );
+        verify(&s, "example.com", "default", DnsState::Matching);
+        verify(&s, "example.com", "old-default", DnsState::Absent);
+        assert_eq!(sels(s.lookup("x@example.com")), vec!["example.com/default"]);
+        // Even if both are published, the newer file signs.
+        verify(&s, "example.com", "old-default", DnsState::Matching);
+        assert_eq!(sels(s.lookup("x@example.com")), vec!["example.com/default"]);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! The domain logic is sans-IO and lives in small modules; the milter glue adapts it
 //! to milter-core's handler API.
 
+pub mod activation;
 pub mod address;
 pub mod config;
 pub mod decision;

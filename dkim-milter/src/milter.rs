@@ -45,6 +45,9 @@ pub enum ServeError {
         /// What failed.
         error: crate::reload::LoadError,
     },
+    /// The resolver for the key DNS checks (safe key rotation) could not be set up.
+    #[error("key DNS checks: {0}")]
+    KeyChecks(String),
     /// The DNS override file (a test hook) could not be read.
     #[error("dns-override-file {path}: {reason}")]
     DnsOverride {
@@ -406,9 +409,11 @@ pub async fn serve(
             tracing::info!("keys read again as {}:", target.spec);
             again.log_notes();
         }
+        again.keys.gate().adopt(st.keys.gate());
         shared.store(Arc::new(again));
         st = shared.load_full();
     }
+    let key_checks = start_key_checks(&shared, &st).await?;
     metrics.keys(&st);
     if let Some(pf) = &pid_file {
         tracing::info!(
@@ -438,5 +443,38 @@ pub async fn serve(
         })
         .await?;
     drop(pid_file);
+    if let Some(t) = key_checks {
+        t.abort();
+    }
     Ok(())
+}
+
+/// Longest the first DNS check of the keys may hold up the start; what is not answered
+/// by then is checked in the background (until then those domains use the fallback).
+const FIRST_CHECK_LIMIT: Duration = Duration::from_secs(10);
+
+/// Safe key rotation: checks the gated keys once before serving (bounded), then keeps
+/// checking in a background task (see [`crate::activation::run`]).
+async fn start_key_checks(
+    shared: &Shared,
+    st: &State,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
+    if st.config.key_activation == crate::config::KeyActivation::Immediate {
+        return Ok(None);
+    }
+    let checker =
+        Arc::new(crate::activation::Checker::new(&st.config).map_err(ServeError::KeyChecks)?);
+    if st.keys.has_gated()
+        && tokio::time::timeout(FIRST_CHECK_LIMIT, checker.check_store(&st.keys))
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            "DNS check of the keys not done after {FIRST_CHECK_LIMIT:?}; continuing in the background"
+        );
+    }
+    Ok(Some(tokio::spawn(crate::activation::run(
+        shared.clone(),
+        checker,
+    ))))
 }

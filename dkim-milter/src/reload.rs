@@ -101,6 +101,8 @@ impl Reloadable for State {
     }
 
     fn replacing(&self, previous: &State, why: &str) {
+        // What DNS said about the keys survives the reload (same key = same public key).
+        self.keys.gate().adopt(previous.keys.gate());
         if self.config.socket != previous.config.socket {
             tracing::warn!(
                 "socket changed from {} to {}: takes effect only after a restart",
@@ -117,7 +119,10 @@ impl Reloadable for State {
             ("user", new.user != old.user),
             ("allow-root", new.allow_root != old.allow_root),
             ("metrics-listen", new.metrics_listen != old.metrics_listen),
-            ("dns-servers", new.dns_servers != old.dns_servers),
+            (
+                "dns-servers (verifier and key checks)",
+                new.dns_servers != old.dns_servers,
+            ),
             ("dns-timeout", new.dns_timeout != old.dns_timeout),
             (
                 "dns-override-file",

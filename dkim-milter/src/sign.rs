@@ -275,6 +275,7 @@ mod tests {
                 bits: k.bits,
                 identity: None,
                 path: "/k".into(),
+                public: crate::keystore::PublicKey::of(&k),
                 key: SharedKey(Arc::new(k.key)),
             },
             rec,
