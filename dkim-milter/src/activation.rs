@@ -357,7 +357,62 @@ pub async fn report(
             active,
         });
     }
+    for keys in out.values_mut() {
+        keys.sort_by(|a, b| a.selector.cmp(&b.selector));
+    }
     out
+}
+
+/// `dkim-milter testkey`: what [`report`] found, as text; `Ok(true)` if some published
+/// record does not match its key (the exit code is 1 then).
+pub async fn testkey(
+    state: &crate::reload::State,
+    only: Option<&str>,
+) -> Result<(String, bool), String> {
+    use std::fmt::Write;
+    let checker = Arc::new(Checker::new(&state.config)?);
+    let only = only.map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+    let domains = report(&checker, &state.keys, only.as_deref()).await;
+    let mut out = String::new();
+    let mut mismatch = false;
+    if domains.is_empty() {
+        let _ = writeln!(
+            out,
+            "no keys{}",
+            only.map(|d| format!(" for {d}")).unwrap_or_default()
+        );
+    }
+    for (domain, keys) in &domains {
+        let _ = writeln!(out, "{domain}:");
+        for k in keys {
+            mismatch |= matches!(k.dns, DnsState::Different(_));
+            let _ = writeln!(
+                out,
+                "  s={} {} {}\n    DNS {}._domainkey.{}: {}\n    {}",
+                k.selector,
+                k.what,
+                k.path,
+                k.selector,
+                k.domain,
+                k.dns,
+                match &k.active {
+                    Some(why) => format!("ACTIVE: {why}"),
+                    None => "not signing".to_string(),
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "key-activation = {:?}; {}",
+        state.config.key_activation,
+        if mismatch {
+            "MISMATCH: a published record does not match its private key"
+        } else {
+            "no mismatches"
+        }
+    );
+    Ok((out, mismatch))
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 //! need no OpenDKIM tools: `{keys-dir}/{domain}/` (0700), `{selector}.private`
 //! (PKCS#8 PEM, 0600) and `{selector}.txt` (the zone stub opendkim-genkey writes).
 //! Never overwrites an existing key or record.
+//!
+//! With an owner (the daemon's `user`, when run as root) the domain dir becomes 0750 and
+//! both files are chowned to that user and group, so the daemon can still read the key
+//! after it drops root (see [`crate::process`]); without, files belong to the caller.
 
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
@@ -128,12 +132,32 @@ fn write_new(path: &Path, mode: u32, data: &[u8]) -> Result<(), KeygenError> {
         })
 }
 
-/// Generates a key for `domain`/`selector` under `keys_dir`.
+/// Generates a key for `domain`/`selector` under `keys_dir`, owned by the caller.
 pub fn generate(
     keys_dir: &Path,
     domain: &str,
     selector: &str,
     algo: Algo,
+) -> Result<Generated, KeygenError> {
+    generate_for(keys_dir, domain, selector, algo, None)
+}
+
+fn chown(path: &Path, owner: &crate::process::Target) -> Result<(), KeygenError> {
+    std::os::unix::fs::chown(path, Some(owner.uid.as_raw()), Some(owner.gid.as_raw())).map_err(
+        |error| KeygenError::Io {
+            path: path.to_path_buf(),
+            error,
+        },
+    )
+}
+
+/// Like [`generate`]; with `owner`, the domain dir (0750) and both files belong to it.
+pub fn generate_for(
+    keys_dir: &Path,
+    domain: &str,
+    selector: &str,
+    algo: Algo,
+    owner: Option<&crate::process::Target>,
 ) -> Result<Generated, KeygenError> {
     let domain = domain.trim_end_matches('.').to_ascii_lowercase();
     if !valid_label_name(&domain) || !domain.contains('.') {
@@ -190,12 +214,20 @@ pub fn generate(
     let dir = keys_dir.join(&domain);
     DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(if owner.is_some() { 0o750 } else { 0o700 })
         .create(&dir)
         .map_err(|error| KeygenError::Io {
             path: dir.clone(),
             error,
         })?;
+    if let Some(o) = owner {
+        chown(&dir, o)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o750))
+            .map_err(|error| KeygenError::Io {
+                path: dir.clone(),
+                error,
+            })?;
+    }
     let private_path = dir.join(format!("{selector}.private"));
     let txt_path = dir.join(format!("{selector}.txt"));
     for p in [&private_path, &txt_path] {
@@ -204,9 +236,14 @@ pub fn generate(
         }
     }
     write_new(&private_path, 0o600, pem_text.as_bytes())?;
-    if let Err(e) = write_new(&txt_path, 0o644, zone.as_bytes()) {
-        // Do not leave a key without its record behind.
+    let rest = write_new(&txt_path, 0o644, zone.as_bytes()).and_then(|()| match owner {
+        Some(o) => chown(&private_path, o).and_then(|()| chown(&txt_path, o)),
+        None => Ok(()),
+    });
+    if let Err(e) = rest {
+        // Do not leave a key without its record (or unreadable for the daemon) behind.
         let _ = std::fs::remove_file(&private_path);
+        let _ = std::fs::remove_file(&txt_path);
         return Err(e);
     }
     Ok(Generated {
@@ -268,6 +305,53 @@ mod tests {
         let e = generate(t.path(), "example.com", "s1", Algo::Ed25519).unwrap_err();
         assert!(matches!(e, KeygenError::Exists(_)), "{e}");
         assert_eq!(std::fs::read(&g.private_path).unwrap(), before);
+    }
+
+    /// As root with the daemon's user: that user owns dir and files, and can read the
+    /// key (checked by reading it as that user with `setpriv`).
+    #[test]
+    fn owner_gets_dir_and_files() {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let target = crate::process::UserSpec::parse("nobody")
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let g = generate_for(t.path(), "example.com", "s1", Algo::Ed25519, Some(&target)).unwrap();
+        let dir = std::fs::metadata(t.path().join("example.com")).unwrap();
+        assert_eq!(dir.mode() & 0o777, 0o750);
+        assert_eq!(
+            (dir.uid(), dir.gid()),
+            (target.uid.as_raw(), target.gid.as_raw())
+        );
+        let key = std::fs::metadata(&g.private_path).unwrap();
+        assert_eq!(key.mode() & 0o777, 0o600);
+        assert_eq!(
+            (key.uid(), key.gid()),
+            (target.uid.as_raw(), target.gid.as_raw())
+        );
+        let txt = std::fs::metadata(&g.txt_path).unwrap();
+        assert_eq!(txt.uid(), target.uid.as_raw());
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+            .arg(&g.private_path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(o.stdout, std::fs::read(&g.private_path).unwrap());
+        // Without an owner the caller (root) keeps them, and nobody cannot read the key.
+        let g = generate(t.path(), "other.com", "s1", Algo::Ed25519).unwrap();
+        let o = std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat"])
+            .arg(&g.private_path)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
     }
 
     #[test]

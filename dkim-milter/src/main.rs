@@ -28,6 +28,35 @@ struct Cli {
 enum Command {
     /// Create a key in the opendkim-genkey layout and print its DNS TXT record.
     Keygen(KeygenArgs),
+    /// Check each domain's keys against DNS (like opendkim-testkey): DNS state, which key
+    /// signs and why. Exit 1 if a published record does not match its private key.
+    Testkey(TestkeyArgs),
+}
+
+#[derive(Args, Debug)]
+struct TestkeyArgs {
+    /// Only this domain (default: all).
+    #[arg(long)]
+    domain: Option<String>,
+}
+
+fn testkey_cmd(cli: &Cli, a: &TestkeyArgs) -> ExitCode {
+    let st = match State::build(cli.common.config.as_deref()) {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let domain = a.domain.clone();
+    let mut mismatch = false;
+    let code = milter_daemon::run::block_on(async {
+        let (text, bad) = dkim_milter::activation::testkey(&st, domain.as_deref()).await?;
+        print!("{text}");
+        mismatch = bad;
+        Ok::<(), String>(())
+    });
+    if mismatch { ExitCode::FAILURE } else { code }
 }
 
 #[derive(Args, Debug)]
@@ -47,33 +76,57 @@ struct KeygenArgs {
     /// Keys directory (default: keys-dir from --config, else /etc/opendkim/keys).
     #[arg(long, value_name = "DIR")]
     keys_dir: Option<PathBuf>,
+    /// Owner of the key files, `user[:group]` (default: `user` from --config when run as
+    /// root), so the daemon can read them after dropping root.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
 }
 
 fn keygen_cmd(cli: &Cli, a: &KeygenArgs) -> ExitCode {
-    let keys_dir = match (&a.keys_dir, &cli.common.config) {
-        (Some(d), _) => d.clone(),
-        (None, Some(c)) => match dkim_milter::config::Config::load(c) {
-            Ok(cfg) => cfg.keys_dir,
+    let cfg = match &cli.common.config {
+        Some(c) => match dkim_milter::config::Config::load(c) {
+            Ok(cfg) => cfg,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
         },
-        (None, None) => dkim_milter::config::Config::default().keys_dir,
+        None => dkim_milter::config::Config::default(),
+    };
+    let keys_dir = a.keys_dir.clone().unwrap_or(cfg.keys_dir);
+    // The daemon's user owns the files when we run as root (it reads them after dropping
+    // root); --user asks for it explicitly (and fails if not permitted).
+    let user = match (&a.user, &cfg.user) {
+        (Some(u), _) => Some(u.clone()),
+        (None, Some(u)) if nix::unistd::geteuid().is_root() => Some(u.clone()),
+        _ => None,
+    };
+    let owner = match user.map(|u| UserSpec::parse(&u).and_then(|s| s.resolve())) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        None => None,
     };
     let algo = if a.ed25519 {
         Algo::Ed25519
     } else {
         Algo::Rsa(a.bits)
     };
-    match keygen::generate(&keys_dir, &a.domain, &a.selector, algo) {
+    match keygen::generate_for(&keys_dir, &a.domain, &a.selector, algo, owner.as_ref()) {
         Ok(g) => {
+            let owned = owner.map(|o| format!(", owned by {o}")).unwrap_or_default();
             eprintln!(
-                "wrote {} (0600) and {}",
+                "wrote {} (0600{owned}) and {}",
                 g.private_path.display(),
                 g.txt_path.display()
             );
-            eprintln!("publish this TXT record, then reload (SIGHUP) or wait for the poller:");
+            eprintln!(
+                "publish this TXT record; with key-activation = \"dns\" the key signs once \
+                 DNS serves it (check with `dkim-milter testkey --domain {}`):",
+                a.domain
+            );
             print!("{}", g.zone_text);
             ExitCode::SUCCESS
         }
@@ -171,6 +224,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Keygen(a)) = &cli.command {
         return keygen_cmd(&cli, a);
+    }
+    if let Some(Command::Testkey(a)) = &cli.command {
+        return testkey_cmd(&cli, a);
     }
     if cli.common.check_config {
         return check_config(&cli);

@@ -1,4 +1,4 @@
-//! The binary: `keygen`, `--check-config`, `--version`.
+//! The binary: `keygen`, `testkey`, `--check-config`, `--version`.
 
 use std::process::Command;
 
@@ -149,4 +149,129 @@ fn sample_config_is_valid() {
     let c = dkim_milter::config::Config::load(&sample).expect("sample parses");
     // The sample documents the defaults.
     assert_eq!(c, dkim_milter::config::Config::default());
+}
+
+fn keygen(keys: &std::path::Path, domain: &str, sel: &str) -> (String, String) {
+    let o = bin()
+        .args([
+            "keygen",
+            "--domain",
+            domain,
+            "--selector",
+            sel,
+            "--keys-dir",
+        ])
+        .arg(keys)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let txt = String::from_utf8_lossy(&o.stdout).to_string();
+    (
+        format!("{sel}._domainkey.{domain}"),
+        stack_tests::dkim::txt_record_from_zone(&txt).unwrap(),
+    )
+}
+
+/// `testkey` asks the configured DNS (a loopback stub, plus the override file) about
+/// every key, says which signs and why, and exits 1 on a published record that does not
+/// match its key.
+#[test]
+fn testkey_reports_dns_state_active_key_and_mismatch() {
+    let t = tempfile::tempdir().unwrap();
+    let keys = t.path().join("keys");
+    let a = keygen(&keys, "example.com", "a");
+    let _b = keygen(&keys, "example.com", "b");
+    let _c = keygen(&keys, "example.com", "c");
+    let other = keygen(&keys, "other.org", "default");
+    let dns = stack_tests::dns::DnsStub::builder()
+        .txt(&a.0, &a.1)
+        // c's name publishes a's key: the classic "wrong record".
+        .txt("c._domainkey.example.com", &a.1)
+        .start()
+        .unwrap();
+    let zone = t.path().join("zone");
+    std::fs::write(&zone, format!("{} {}\n", other.0, other.1)).unwrap();
+    let cfg = t.path().join("dkim.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "keys-dir = {keys:?}\ndns-servers = [\"{}\"]\ndns-override-file = {zone:?}\n",
+            dns.nameserver()
+        ),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("testkey")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    let k = keys.display();
+    for want in [
+        format!(
+            "example.com:\n  s=a rsa-2048 {k}/example.com/a.private\n    \
+             DNS a._domainkey.example.com: published, matches the private key\n    \
+             ACTIVE: newest key published in DNS and matching\n"
+        ),
+        format!(
+            "  s=b rsa-2048 {k}/example.com/b.private\n    DNS b._domainkey.example.com: \
+             not published (NXDOMAIN or no TXT record)\n    not signing\n"
+        ),
+        "    DNS c._domainkey.example.com: published but DIFFERENT: p= is another key\n    \
+         not signing\n"
+            .to_string(),
+        "MISMATCH".to_string(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in:\n{out}");
+    }
+    assert!(!dns.queries_for("b._domainkey.example.com").is_empty());
+
+    // One domain, answered from the override file: no mismatch, exit 0.
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["testkey", "--domain", "other.org"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "other.org:\n  s=default rsa-2048 {k}/other.org/default.private\n    \
+             DNS default._domainkey.other.org: published, matches the private key\n    ACTIVE:"
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("example.com"), "{out}");
+    assert!(dns.queries_for("default._domainkey.other.org").is_empty());
+}
+
+/// Run as root with `user` in the config, keygen hands the files to that user.
+#[test]
+fn keygen_as_root_gives_the_files_to_the_configured_user() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let keys = t.path().join("keys");
+    let cfg = t.path().join("dkim.toml");
+    std::fs::write(
+        &cfg,
+        format!("keys-dir = {keys:?}\nuser = \"nobody:nogroup\"\n"),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["keygen", "--domain", "own.test", "--selector", "s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("owned by nobody:nogroup"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("s._domainkey\tIN\tTXT"));
+    let m = std::fs::metadata(keys.join("own.test/s.private")).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o777), (65534, 65534, 0o600));
+    let d = std::fs::metadata(keys.join("own.test")).unwrap();
+    assert_eq!((d.uid(), d.mode() & 0o777), (65534, 0o750));
 }

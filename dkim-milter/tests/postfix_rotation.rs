@@ -28,7 +28,10 @@ fn new_key_waits_for_its_dns_record_then_signs() {
     let d = Daemon::start(keys.path(), "key-recheck-seconds = 1\n");
     let (a_name, a_rec) = a.record();
     d.dns().add_txt(&a_name, &a_rec).unwrap();
-    d.wait_lines("rot.test: s=a: DNS a._domainkey.rot.test: published, matches", 1);
+    d.wait_lines(
+        "rot.test: s=a: DNS a._domainkey.rot.test: published, matches",
+        1,
+    );
     let pf = Postfix::builder()
         .non_smtpd_milters(&d.spec())
         .start()
@@ -46,12 +49,19 @@ fn new_key_waits_for_its_dns_record_then_signs() {
     );
     assert!(!d.dns().queries_for(&b.dns_name()).is_empty());
     let msg = send(&pf, "record not yet published", 2);
-    assert_eq!(selector(&msg).as_deref(), Some("a"), "b signed before DNS had it");
+    assert_eq!(
+        selector(&msg).as_deref(),
+        Some("a"),
+        "b signed before DNS had it"
+    );
     assert_verifies(&msg, &[a.record()], 1);
 
     let (b_name, b_rec) = b.record();
     d.dns().add_txt(&b_name, &b_rec).unwrap();
-    d.wait_lines("rot.test: s=b (rsa) signs: newest key published in DNS and matching; was s=a", 1);
+    d.wait_lines(
+        "rot.test: s=b (rsa) signs: newest key published in DNS and matching; was s=a",
+        1,
+    );
     let msg = send(&pf, "record published", 3);
     assert_eq!(selector(&msg).as_deref(), Some("b"));
     // Only b's record: the signature needs the new key.
@@ -74,7 +84,10 @@ fn immediate_activation_signs_with_an_unpublished_key() {
     d.wait_lines("rot.test: s=b rsa-2048", 1);
     let msg = send(&pf, "immediate", 1);
     assert_eq!(selector(&msg).as_deref(), Some("b"));
-    assert!(d.dns().queries_for(&b.dns_name()).is_empty(), "no DNS check");
+    assert!(
+        d.dns().queries_for(&b.dns_name()).is_empty(),
+        "no DNS check"
+    );
     // Signed with b, whose record a receiver does not find yet.
     let py = stack_tests::dkim::dkimpy_verify(&msg, &[a.record()]).unwrap();
     assert!(!py.all_pass, "{}", py.output);
