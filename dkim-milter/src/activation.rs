@@ -76,7 +76,8 @@ struct Checked {
 /// after each full check only the store's current candidates are kept.
 #[derive(Debug, Default)]
 pub struct Gate {
-    checked: Mutex<HashMap<(String, String), Checked>>,
+    /// domain → selector → last answer (nested so a lookup needs no allocation).
+    checked: Mutex<HashMap<String, HashMap<String, Checked>>>,
     /// Last logged active selectors per domain and algorithm (to log changes once).
     active: Mutex<HashMap<(String, KeyKind), String>>,
 }
@@ -87,14 +88,16 @@ impl Gate {
         let Ok(m) = self.checked.lock() else {
             return false;
         };
-        m.get(&(domain.to_string(), selector.to_string()))
+        m.get(domain)
+            .and_then(|d| d.get(selector))
             .is_some_and(|c| c.verified && *c.public == *public)
     }
 
     /// The last DNS answer for a key (`None`: not checked yet, or the file changed since).
     pub fn state(&self, domain: &str, selector: &str, public: &PublicKey) -> Option<DnsState> {
         let m = self.checked.lock().ok()?;
-        m.get(&(domain.to_string(), selector.to_string()))
+        m.get(domain)
+            .and_then(|d| d.get(selector))
             .filter(|c| *c.public == *public)
             .map(|c| c.state.clone())
     }
@@ -111,16 +114,16 @@ impl Gate {
         let Ok(mut m) = self.checked.lock() else {
             return false;
         };
-        let key = (domain.to_string(), selector.to_string());
-        let prev = m.get(&key).filter(|c| *c.public == **public);
+        let per = m.entry(domain.to_string()).or_default();
+        let prev = per.get(selector).filter(|c| *c.public == **public);
         let verified = match state {
             DnsState::Matching => true,
             DnsState::Error(_) => prev.is_some_and(|c| c.verified),
             _ => false,
         };
         let changed = prev.is_none_or(|c| c.state != state);
-        m.insert(
-            key,
+        per.insert(
+            selector.to_string(),
             Checked {
                 state,
                 public: public.clone(),
@@ -133,7 +136,14 @@ impl Gate {
     /// Drops entries for keys no longer in the store.
     pub fn retain(&self, keep: &HashSet<(String, String)>) {
         if let Ok(mut m) = self.checked.lock() {
-            m.retain(|k, _| keep.contains(k));
+            for (d, per) in m.iter_mut() {
+                per.retain(|sel, _| keep.contains(&(d.clone(), sel.clone())));
+            }
+            m.retain(|_, per| !per.is_empty());
+        }
+        if let Ok(mut a) = self.active.lock() {
+            let domains: HashSet<&str> = keep.iter().map(|(d, _)| d.as_str()).collect();
+            a.retain(|(d, _), _| domains.contains(d.as_str()));
         }
     }
 
@@ -145,8 +155,11 @@ impl Gate {
         let (Ok(mut m), Ok(p)) = (self.checked.lock(), previous.checked.lock()) else {
             return;
         };
-        for (k, v) in p.iter() {
-            m.entry(k.clone()).or_insert_with(|| v.clone());
+        for (d, per) in p.iter() {
+            let mine = m.entry(d.clone()).or_default();
+            for (sel, v) in per {
+                mine.entry(sel.clone()).or_insert_with(|| v.clone());
+            }
         }
         drop((m, p));
         if let (Ok(mut a), Ok(p)) = (self.active.lock(), previous.active.lock()) {
@@ -404,8 +417,8 @@ pub async fn testkey(
     }
     let _ = writeln!(
         out,
-        "key-activation = {:?}; {}",
-        state.config.key_activation,
+        "key-activation = \"{}\"; {}",
+        state.config.key_activation.as_str(),
         if mismatch {
             "MISMATCH: a published record does not match its private key"
         } else {

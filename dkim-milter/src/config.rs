@@ -152,8 +152,19 @@ pub enum KeyActivation {
     /// Like `dns`, but while no key is verified the domain does not sign (its mail
     /// follows `on-key-error`).
     DnsStrict,
-    /// The selector rule's pick signs at once (no DNS check; the behaviour before 0.2).
+    /// The selector rule's pick signs at once (no DNS check; what OpenDKIM does).
     Immediate,
+}
+
+impl KeyActivation {
+    /// The option value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyActivation::Dns => "dns",
+            KeyActivation::DnsStrict => "dns-strict",
+            KeyActivation::Immediate => "immediate",
+        }
+    }
 }
 
 /// One `dns-servers` entry: `IP` or `IP:PORT` (IPv6 with a port as `[::1]:5353`), port 53
@@ -296,7 +307,7 @@ pub struct Config {
     /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
     /// port means 127.0.0.1). Unset: no metrics endpoint. Read at start only.
     pub metrics_listen: Option<MetricsListen>,
-    /// DNS servers the verifier queries (UDP, TCP for long answers), as `IP` or `IP:PORT`
+    /// DNS servers the verifier and the key-activation checks query (UDP, TCP for long answers), as `IP` or `IP:PORT`
     /// (`[IPv6]:PORT`; port 53 by default), e.g. `["127.0.0.1:5353", "192.0.2.53"]`, instead
     /// of `/etc/resolv.conf`'s. They should be recursive resolvers: the list is used alone,
     /// without resolv.conf's search domains, options or `/etc/hosts`. Unset: the system
@@ -609,6 +620,20 @@ selectors = ["2025", "ed"]
 
         let e = p("sign-headers = [\"Subject\"]").unwrap_err();
         assert!(e.to_string().contains("From"), "{e}");
+
+        assert_eq!(Config::default().key_activation, KeyActivation::Dns);
+        for v in [
+            KeyActivation::Dns,
+            KeyActivation::DnsStrict,
+            KeyActivation::Immediate,
+        ] {
+            let c = p(&format!("key-activation = \"{}\"", v.as_str())).unwrap();
+            assert_eq!(c.key_activation, v);
+        }
+        let e = p("key-activation = \"later\"").unwrap_err();
+        assert!(e.to_string().contains("`dns-strict`"), "{e}");
+        let e = p("key-recheck-seconds = 0").unwrap_err();
+        assert!(e.to_string().contains("key-recheck-seconds"), "{e}");
     }
 
     #[test]

@@ -454,6 +454,18 @@ fn load_gated(
         let errs: Vec<String> = kinds.into_iter().filter_map(|k| k.pick_error).collect();
         return Err(DirProblem::Broken(errs.join("; ")));
     }
+    for k in kinds.iter().filter(|k| k.cands.len() > 1) {
+        notes.push(Note {
+            level: Level::Info,
+            text: format!(
+                "{domain}: {} {} keys: the newest one published in DNS signs (key-activation = \"{}\"); \
+                 see `dkim-milter testkey --domain {domain}`",
+                k.cands.len(),
+                k.kind.k(),
+                cfg.key_activation.as_str()
+            ),
+        });
+    }
     Ok(DomainKeys::Gated(kinds))
 }
 

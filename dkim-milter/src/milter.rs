@@ -304,19 +304,11 @@ pub fn build_verifier(config: &Config) -> Result<Option<Verifier>, ServeError> {
             path: p.display().to_string(),
             reason,
         };
-        let text = std::fs::read_to_string(p).map_err(|e| bad(e.to_string()))?;
-        let mut n = 0;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((name, record)) = line.split_once(char::is_whitespace) else {
-                return Err(bad(format!("line {}: expected `name record`", i + 1)));
-            };
+        let records = crate::activation::read_override_file(p).map_err(bad)?;
+        let n = records.len();
+        for (name, record) in records {
             // Ten years: the entries are the test zone, not a cache.
-            caches.insert_dkim_key(name, record.trim(), Duration::from_secs(10 * 365 * 86400));
-            n += 1;
+            caches.insert_dkim_key(&name, &record, Duration::from_secs(10 * 365 * 86400));
         }
         tracing::warn!(
             "dns-override-file {}: {n} TXT record(s) used instead of DNS (a test hook)",
@@ -459,11 +451,15 @@ async fn start_key_checks(
     shared: &Shared,
     st: &State,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServeError> {
-    if st.config.key_activation == crate::config::KeyActivation::Immediate {
-        return Ok(None);
-    }
-    let checker =
-        Arc::new(crate::activation::Checker::new(&st.config).map_err(ServeError::KeyChecks)?);
+    // Started even with "immediate", so a reload that turns gating on has its checks.
+    let checker = match crate::activation::Checker::new(&st.config) {
+        Ok(c) => Arc::new(c),
+        Err(e) if st.config.key_activation == crate::config::KeyActivation::Immediate => {
+            tracing::warn!("no key DNS checks ({e}); fine while key-activation = \"immediate\"");
+            return Ok(None);
+        }
+        Err(e) => return Err(ServeError::KeyChecks(e)),
+    };
     if st.keys.has_gated()
         && tokio::time::timeout(FIRST_CHECK_LIMIT, checker.check_store(&st.keys))
             .await
