@@ -3,6 +3,9 @@
 //! [`Endpoint`] parser so both sides agree.
 
 use crate::error::Error;
+#[cfg(not(feature = "server"))]
+pub use crate::endpoint::Endpoint;
+#[cfg(feature = "server")]
 pub use crate::server::Endpoint;
 
 /// Parses a milter address to connect to; port 0 (bind-only) is refused.
