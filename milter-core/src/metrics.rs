@@ -54,7 +54,10 @@ pub const EOM_DURATION: &str = "milter_eom_duration_seconds";
 /// before the first server exists.
 pub fn describe() {
     use ::metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("milter_connections_accepted_total", "Milter connections accepted.");
+    describe_counter!(
+        "milter_connections_accepted_total",
+        "Milter connections accepted."
+    );
     describe_gauge!("milter_connections_active", "Milter connections open.");
     describe_counter!(
         "milter_connections_closed_total",

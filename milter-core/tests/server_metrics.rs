@@ -8,8 +8,8 @@ mod server_support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use milter_core::handler::{Context, EomActions, Milter};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::metrics::{EOM_DURATION, LATENCY_BUCKETS};
 use milter_core::server::{Server, Timeouts};
 use milter_core::{Command, Envelope, Reply, Verdict};
@@ -179,7 +179,9 @@ async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
     }
     assert!(text.contains("# TYPE milter_eom_duration_seconds histogram\n"));
     assert!(
-        text.contains("# HELP milter_connections_closed_total Milter connections closed, by reason.\n"),
+        text.contains(
+            "# HELP milter_connections_closed_total Milter connections closed, by reason.\n"
+        ),
         "{text}"
     );
 

@@ -2,9 +2,9 @@
 //! `inet:port@host`, `inet6:...`, `unix:/path`, `local:/path`), parsed by the server's
 //! [`Endpoint`] parser so both sides agree.
 
-use crate::error::Error;
 #[cfg(not(feature = "server"))]
 pub use crate::endpoint::Endpoint;
+use crate::error::Error;
 #[cfg(feature = "server")]
 pub use crate::server::Endpoint;
 

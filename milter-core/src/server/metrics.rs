@@ -15,7 +15,11 @@ mod handles {
     pub(super) fn counter(name: &'static str) -> Counter {
         ::metrics::counter!(name)
     }
-    pub(super) fn labelled(name: &'static str, label: &'static str, value: &'static str) -> Counter {
+    pub(super) fn labelled(
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Counter {
         ::metrics::counter!(name, label => value)
     }
     pub(super) fn gauge(name: &'static str) -> Gauge {
@@ -149,8 +153,7 @@ impl ServerMetrics {
         ServerMetrics {
             accepted: counter("milter_connections_accepted_total"),
             active: gauge("milter_connections_active"),
-            closed: CLOSE_REASONS
-                .map(|r| labelled("milter_connections_closed_total", "reason", r)),
+            closed: CLOSE_REASONS.map(|r| labelled("milter_connections_closed_total", "reason", r)),
             messages: counter("milter_messages_total"),
             verdicts: VERDICTS.map(|v| labelled("milter_verdicts_total", "verdict", v)),
             rejections: STAGES.map(|s| labelled("milter_rejections_total", "stage", s)),
