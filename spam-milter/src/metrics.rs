@@ -6,7 +6,7 @@
 //! | name | type | labels |
 //! |---|---|---|
 //! | `spam_milter_messages_total` | counter | `action`: the Rspamd action applied (`no_action`, `greylist`, `add_header`, `rewrite_subject`, `soft_reject`, `reject`, `discard`, `quarantine`, `other`) or `unscanned`, `oversize`, `skipped` |
-//! | `spam_milter_scan_errors_total` | counter | `reason`: `deadline`, `unavailable`, `connect`, `timeout`, `http_status`, `garbage`, `too_large` |
+//! | `spam_milter_scan_errors_total` | counter | `reason`: `deadline`, `unavailable`, `connect`, `timeout`, `http_status`, `garbage`, `too_large`, `bad_request` |
 //! | `spam_milter_fallbacks_total` | counter | `policy`: `accept`, `tempfail`, `reject` (unscanned or oversize mail) |
 //! | `spam_milter_scan_seconds` | histogram | (scan latency, all attempts) |
 //! | `spam_milter_forged_headers_removed_total` | counter | |
@@ -37,8 +37,8 @@ const ACTIONS: [&str; 12] = [
     "skipped",
 ];
 
-/// Every `ScanError::label` (a unit test in upstream.rs keeps them distinct).
-const SCAN_ERRORS: [&str; 8] = [
+/// Every `ScanError::label` (upstream.rs's `labels_are_bounded_and_distinct` checks).
+pub const SCAN_ERRORS: [&str; 8] = [
     "deadline",
     "unavailable",
     "connect",

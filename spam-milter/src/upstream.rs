@@ -1398,6 +1398,8 @@ mod tests {
                 "bad_request"
             ]
         );
+        // The metrics resolve exactly these up front (a new kind must be added there).
+        assert_eq!(labels, crate::metrics::SCAN_ERRORS);
         assert_eq!(all[6].attempts(), 2);
         assert_eq!(all[6].upstream().map(|u| &**u), Some("http://x"));
         assert!(all[4].to_string().contains("HTTP status 500"), "{}", all[4]);
