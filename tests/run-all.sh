@@ -21,6 +21,21 @@ step "cargo doc --workspace --no-deps (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --ignore-rust-version
 RUSTDOCFLAGS="-D warnings" cargo doc -p milter-core --all-features --no-deps --ignore-rust-version
 
+# milter-core's features compose: each builds alone and in the combinations users pick.
+step "cargo check -p milter-core, one feature set at a time"
+for features in "" server client metrics,server testing cli; do
+    echo "  --no-default-features --features '$features'"
+    cargo check -q -p milter-core --no-default-features --features "$features" --ignore-rust-version
+done
+cargo check -q -p milter-core --all-targets --all-features --ignore-rust-version
+
+step "milter-core MSRV: dependencies' rust-version (clippy's incompatible_msrv ran above)"
+python3 tests/scripts/check-msrv.py
+
+# Needs the crates.io index (reachable from CI); on a clean clone nothing is dirty.
+step "cargo publish --dry-run -p milter-core"
+cargo publish --dry-run -p milter-core
+
 # Each stack test starts its own daemons (rspamd alone ~260 MB PSS); on the
 # 2-core CI machine more than a few at once only adds contention.
 THREADS="${RUST_TEST_THREADS:-4}"

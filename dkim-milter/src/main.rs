@@ -242,9 +242,9 @@ fn main() -> ExitCode {
     state.log_notes();
     let config_path = cli.common.config;
     milter_daemon::run::block_on(async move {
-        let registry = milter_core::metrics::Registry::new();
-        let metrics = dkim_milter::metrics::DkimMetrics::new(&registry)
-            .map_err(dkim_milter::milter::ServeError::Metrics)?;
+        let registry =
+            milter_daemon::metrics::install().map_err(dkim_milter::milter::ServeError::Metrics)?;
+        let metrics = dkim_milter::metrics::DkimMetrics::new(&registry);
         let shared = milter_daemon::reload::shared(state);
         let m = metrics.clone();
         tokio::spawn(milter_daemon::reload::watch(

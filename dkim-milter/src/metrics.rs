@@ -1,4 +1,5 @@
-//! dkim-milter's own metrics, registered next to the milter server's in one registry.
+//! dkim-milter's own metrics, emitted through the `metrics` facade into the recorder
+//! that also holds the milter server's (milter_daemon::metrics).
 //!
 //! Labels are bounded kinds (algorithm, reason kind, result): never domains or free
 //! text, so thousands of domains, or a hostile sender, cannot grow the scrape.
@@ -15,8 +16,8 @@
 //! | `dkim_milter_broken_key_domains` | gauge | |
 //! | `dkim_milter_key_warnings` | gauge | (load-time key warnings of the state serving) |
 
-use milter_core::metrics::{Counter, CounterFamily, Gauge, MetricsError, Registry};
-use milter_daemon::metrics::ReloadCounter;
+use metrics::{Counter, Gauge};
+use milter_daemon::metrics::{CounterSet, PrometheusHandle, ReloadCounter};
 
 use crate::reload::State;
 use crate::transaction::{NotSigned, Tally};
@@ -27,12 +28,12 @@ const RESULTS: [&str; 6] = ["pass", "fail", "neutral", "none", "temperror", "per
 /// The daemon's instruments; clones share them.
 #[derive(Debug, Clone)]
 pub struct DkimMetrics {
-    registry: Registry,
-    signed: CounterFamily,
-    not_signed: [Counter; NotSigned::ALL.len()],
+    handle: PrometheusHandle,
+    signed: CounterSet,
+    not_signed: CounterSet,
     signing_errors: Counter,
     key_errors: Counter,
-    verify: CounterFamily,
+    verify: CounterSet,
     reloads: ReloadCounter,
     keys_loaded: Gauge,
     broken_domains: Gauge,
@@ -40,89 +41,80 @@ pub struct DkimMetrics {
 }
 
 impl DkimMetrics {
-    /// Registers the daemon's metrics in `registry` (the milter server adds its own).
-    pub fn new(registry: &Registry) -> Result<DkimMetrics, MetricsError> {
-        // Small caps: the values come from our code, `other` would flag a bug.
-        let signed = registry.counter_family_with_cap(
-            "dkim_milter_signed_total",
-            "DKIM signatures added, by algorithm.",
-            &["algorithm"],
-            8,
-        )?;
-        let not_signed = registry.counter_family_with_cap(
-            "dkim_milter_not_signed_total",
-            "Messages passed without our signature, by reason kind.",
-            &["reason"],
-            16,
-        )?;
-        let verify = registry.counter_family_with_cap(
-            "dkim_milter_verify_results_total",
-            "Inbound DKIM verification results, per signature (none: message without any).",
-            &["result"],
-            16,
-        )?;
-        for a in ALGORITHMS {
-            signed.with(&[a]);
+    /// Resolves the daemon's metrics against the current recorder; `handle` renders
+    /// that recorder (the milter server adds its own series when it binds).
+    pub fn new(handle: &PrometheusHandle) -> DkimMetrics {
+        use metrics::{counter, describe_counter, describe_gauge, gauge};
+        describe_counter!(
+            "dkim_milter_signing_errors_total",
+            "Messages whose signing failed after the decision to sign."
+        );
+        describe_counter!(
+            "dkim_milter_key_errors_total",
+            "Messages of ours not signed because their domain's key is broken."
+        );
+        describe_gauge!(
+            "dkim_milter_keys_loaded",
+            "Signing domains (keys-dir) or KeyTable keys usable now."
+        );
+        describe_gauge!(
+            "dkim_milter_broken_key_domains",
+            "Domains (or KeyTable keys) whose key could not be loaded."
+        );
+        describe_gauge!(
+            "dkim_milter_key_warnings",
+            "Key warnings of the configuration serving: domains not signing (broken key, \
+             empty directory), keys signing with a warning (see the log or --check-config)."
+        );
+        DkimMetrics {
+            handle: handle.clone(),
+            signed: CounterSet::new(
+                "dkim_milter_signed_total",
+                "DKIM signatures added, by algorithm.",
+                "algorithm",
+                &ALGORITHMS,
+            ),
+            not_signed: CounterSet::new(
+                "dkim_milter_not_signed_total",
+                "Messages passed without our signature, by reason kind.",
+                "reason",
+                &NotSigned::ALL.map(|k| k.label()),
+            ),
+            verify: CounterSet::new(
+                "dkim_milter_verify_results_total",
+                "Inbound DKIM verification results, per signature (none: message without any).",
+                "result",
+                &RESULTS,
+            ),
+            signing_errors: counter!("dkim_milter_signing_errors_total"),
+            key_errors: counter!("dkim_milter_key_errors_total"),
+            reloads: ReloadCounter::new("dkim_milter"),
+            keys_loaded: gauge!("dkim_milter_keys_loaded"),
+            broken_domains: gauge!("dkim_milter_broken_key_domains"),
+            key_warnings: gauge!("dkim_milter_key_warnings"),
         }
-        for r in RESULTS {
-            verify.with(&[r]);
-        }
-        Ok(DkimMetrics {
-            registry: registry.clone(),
-            signing_errors: registry.counter(
-                "dkim_milter_signing_errors_total",
-                "Messages whose signing failed after the decision to sign.",
-            )?,
-            key_errors: registry.counter(
-                "dkim_milter_key_errors_total",
-                "Messages of ours not signed because their domain's key is broken.",
-            )?,
-            not_signed: NotSigned::ALL.map(|k| not_signed.with(&[k.label()])),
-            signed,
-            verify,
-            reloads: ReloadCounter::new(registry, "dkim_milter")?,
-            keys_loaded: registry.gauge(
-                "dkim_milter_keys_loaded",
-                "Signing domains (keys-dir) or KeyTable keys usable now.",
-            )?,
-            broken_domains: registry.gauge(
-                "dkim_milter_broken_key_domains",
-                "Domains (or KeyTable keys) whose key could not be loaded.",
-            )?,
-            key_warnings: registry.gauge(
-                "dkim_milter_key_warnings",
-                "Key warnings of the configuration serving: domains not signing (broken key, \
-                 empty directory), keys signing with a warning (see the log or --check-config).",
-            )?,
-        })
     }
 
-    /// The registry, to serve (it holds the milter server's metrics too).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+    /// Renders the recorder (it holds the milter server's metrics too), to serve.
+    pub fn handle(&self) -> &PrometheusHandle {
+        &self.handle
     }
 
     /// Counts one message's outcome.
     pub fn message(&self, t: &Tally) {
         for a in &t.signed {
-            self.signed.inc(&[a]);
+            self.signed.inc(a);
         }
         if let Some(k) = t.not_signed {
-            if let Some(c) = NotSigned::ALL
-                .iter()
-                .position(|x| *x == k)
-                .and_then(|i| self.not_signed.get(i))
-            {
-                c.inc();
-            }
+            self.not_signed.inc(k.label());
             match k {
-                NotSigned::SigningFailed => self.signing_errors.inc(),
-                NotSigned::KeyError => self.key_errors.inc(),
+                NotSigned::SigningFailed => self.signing_errors.increment(1),
+                NotSigned::KeyError => self.key_errors.increment(1),
                 _ => {}
             }
         }
         for r in &t.verified {
-            self.verify.inc(&[r]);
+            self.verify.inc(r);
         }
     }
 
@@ -133,9 +125,9 @@ impl DkimMetrics {
 
     /// Sets the key gauges from the state now serving.
     pub fn keys(&self, st: &State) {
-        self.keys_loaded.set(st.keys.usable_count() as i64);
-        self.broken_domains.set(st.keys.broken_count() as i64);
-        self.key_warnings.set(st.keys.warning_count() as i64);
+        self.keys_loaded.set(st.keys.usable_count() as f64);
+        self.broken_domains.set(st.keys.broken_count() as f64);
+        self.key_warnings.set(st.keys.warning_count() as f64);
     }
 }
 
@@ -150,8 +142,8 @@ mod tests {
 
     #[test]
     fn tallies_become_counters() {
-        let r = Registry::new();
-        let m = DkimMetrics::new(&r).unwrap();
+        let rec = milter_daemon::metrics::recorder();
+        let m = metrics::with_local_recorder(&rec, || DkimMetrics::new(&rec.handle()));
         m.message(&Tally {
             signed: vec!["rsa-sha256", "ed25519-sha256"],
             ..Tally::default()
@@ -172,7 +164,7 @@ mod tests {
         m.reloaded(true);
         m.reloaded(false);
         m.reloaded(false);
-        let text = r.render();
+        let text = m.handle().render();
         for (series, want) in [
             ("dkim_milter_signed_total{algorithm=\"rsa-sha256\"}", 1),
             ("dkim_milter_signed_total{algorithm=\"ed25519-sha256\"}", 1),

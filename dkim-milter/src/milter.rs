@@ -28,9 +28,9 @@ pub enum ServeError {
     /// Binding or serving failed (bad socket address, address in use, permissions).
     #[error("milter server: {0}")]
     Server(#[from] milter_core::Error),
-    /// The metrics could not be registered (a bug: the names are fixed).
+    /// The metrics recorder or endpoint could not be set up.
     #[error("metrics: {0}")]
-    Metrics(#[from] milter_core::metrics::MetricsError),
+    Metrics(#[from] milter_daemon::metrics::MetricsError),
     /// The resolver for `dns-servers` could not be set up.
     #[error("dns-servers: {0}")]
     Resolver(#[from] crate::verify::ResolverError),
@@ -319,8 +319,9 @@ pub fn build_verifier(config: &Config) -> Result<Option<Verifier>, ServeError> {
 }
 
 /// Serves the milter protocol with the shared state until SIGTERM/SIGINT (or `shutdown`),
-/// then lets messages in flight finish. The server counts into `metrics`' registry, which
-/// `metrics-listen` (when set) serves on `GET /metrics`.
+/// then lets messages in flight finish. The server counts into the recorder current when
+/// it binds (the one `metrics` renders), which `metrics-listen` (when set) serves on
+/// `GET /metrics`.
 ///
 /// Started as root it refuses to serve unless `user` or `allow-root` is set; with `user`
 /// it binds (socket owner, group and mode set while still root), writes `pid-file`,
@@ -364,19 +365,15 @@ pub async fn serve(
     let mut builder = Server::builder()
         .listen(&st.config.socket)?
         .unix_socket(unix)
-        .shutdown_deadline(Duration::from_secs(30))
-        .metrics(metrics.registry().clone());
+        .shutdown_deadline(Duration::from_secs(30));
     if let Some(h) = shutdown {
         builder = builder.shutdown_handle(h);
     }
     let server = builder.bind().await?;
     if let Some(spec) = &st.config.metrics_listen {
-        let addr = milter_daemon::metrics::serve(
-            spec,
-            metrics.registry().clone(),
-            server.shutdown_handle(),
-        )
-        .await?;
+        let addr =
+            milter_daemon::metrics::serve(spec, metrics.handle().clone(), server.shutdown_handle())
+                .await?;
         tracing::info!("dkim-milter metrics on http://{addr}/metrics");
     }
     // Removed when this function returns, whichever way.

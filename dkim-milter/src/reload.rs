@@ -233,8 +233,9 @@ mod tests {
         )
         .unwrap();
         let shared: Shared = share(State::build(Some(&cfgp)).unwrap());
-        let registry = milter_core::metrics::Registry::new();
-        let metrics = DkimMetrics::new(&registry).unwrap();
+        let rec = milter_daemon::metrics::recorder();
+        let registry = rec.handle();
+        let metrics = metrics::with_local_recorder(&rec, || DkimMetrics::new(&registry));
         let task = tokio::spawn(watch(shared.clone(), Some(cfgp.clone()), move |ok, st| {
             metrics.reloaded(ok);
             metrics.keys(st);

@@ -67,14 +67,14 @@ fn scrape_counts_signed_unsigned_and_reloads() {
         .unwrap();
 
     let (status, text) = get(port, "/metrics");
-    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(value(&text, "dkim_milter_keys_loaded"), Some(1), "{text}");
     assert_eq!(
         value(&text, "dkim_milter_broken_key_domains"),
         Some(1),
         "{text}"
     );
-    assert_eq!(get(port, "/").0, "HTTP/1.0 404 Not Found");
+    assert_eq!(get(port, "/").0, "HTTP/1.1 404 Not Found");
 
     let run = submit(
         pf.submission_port(),
@@ -119,6 +119,16 @@ fn scrape_counts_signed_unsigned_and_reloads() {
     ] {
         assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
     }
+    // Exported as a Prometheus histogram with buckets, not a summary.
+    assert!(
+        text.contains("# TYPE milter_eom_duration_seconds histogram\n"),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "milter_eom_duration_seconds_bucket{le=\"+Inf\"}"),
+        Some(2),
+        "{text}"
+    );
 
     // SIGHUP with nothing changed: one successful reload; the key gauges stay.
     d.signal(libc::SIGHUP);

@@ -243,10 +243,6 @@ pub enum Error {
     /// The API was misused.
     #[error("usage error: {0}")]
     Usage(#[from] UsageError),
-    /// A metric could not be registered (a name taken with another type or labels).
-    #[cfg(feature = "metrics")]
-    #[error("metrics: {0}")]
-    Metrics(#[from] crate::metrics::MetricsError),
     /// A listen or connect address could not be understood.
     #[error("bad socket address {spec:?}: {reason}")]
     Address {

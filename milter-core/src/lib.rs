@@ -4,8 +4,9 @@
 //! command and reply, [`negotiate`] settles options, and [`session`] enforces the reply
 //! discipline on both sides. The tokio [`server`] runs [`Milter`] handlers; the tokio
 //! [`client`] plays the MTA for replay, tests and load; the `testing` feature pairs the two
-//! in memory so a handler can be unit tested without sockets. [`metrics`] counts what the
-//! server does (and what a daemon adds) for a Prometheus scrape.
+//! in memory so a handler can be unit tested without sockets. With the `metrics` feature the
+//! server counts what it does through the `metrics` facade (see `metrics` for why a
+//! facade, and the names); the program installs the recorder and the exporter.
 //!
 //! A milter is a [`Milter`] implementation; every callback has a default, so a milter
 //! implements only what it needs:
@@ -48,6 +49,13 @@ pub mod fuzzing;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
+// A client-only build compiles the server's address module for `Endpoint` alone (its
+// bind code goes unused), so `client` does not pull `server`: one parser for both sides,
+// kept in one file.
+#[cfg(all(feature = "client", not(feature = "server")))]
+#[allow(dead_code)]
+#[path = "server/endpoint.rs"]
+mod endpoint;
 #[cfg(feature = "testing")]
 pub mod testing;
 

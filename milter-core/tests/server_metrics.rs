@@ -1,21 +1,19 @@
 //! The server counts itself: connections by close reason, messages, verdicts, per-stage
-//! rejections, protocol errors, timeouts and end-of-message latency; and the HTTP
-//! endpoint serves that text to a raw TCP scrape, 404s the rest and refuses floods.
+//! rejections, protocol errors, timeouts and end-of-message latency, through the
+//! `metrics` facade into a real Prometheus recorder (metrics-exporter-prometheus) made
+//! current only while the server binds, as the crate docs say a program may do.
 
 mod server_support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use milter_core::handler::{Context, EomActions, Milter};
-use milter_core::metrics::Registry;
-use milter_core::metrics::http::{MAX_REQUEST_BYTES, MetricsServer};
-use milter_core::server::{Server, ShutdownHandle, Timeouts};
+use milter_core::metrics::{EOM_DURATION, LATENCY_BUCKETS};
+use milter_core::server::{Server, Timeouts};
 use milter_core::{Command, Envelope, Reply, Verdict};
 use server_support::{Raw, start};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Refuses MAIL from `blocked@`, answers 550 at end of message for `spam@`, panics at end
 /// of message for `panic@`, accepts the rest.
@@ -44,20 +42,6 @@ impl Milter for Judge {
     }
 }
 
-/// GET `path` over a raw TCP connection; the whole response (the server closes).
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("response and close within 5 s")
-        .expect("read");
-    String::from_utf8(out).expect("utf-8")
-}
-
 /// The value of the sample line `series` (name with labels), if present.
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
@@ -69,7 +53,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 
 /// Waits until `series` reads `want` in the registry (connection ends are recorded just
 /// after the socket closes).
-async fn wait_value(r: &Registry, series: &str, want: f64) {
+async fn wait_value(r: &PrometheusHandle, series: &str, want: f64) {
     for _ in 0..250 {
         if value(&r.render(), series) == Some(want) {
             return;
@@ -88,25 +72,30 @@ fn mail(from: &str) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
-    let registry = Registry::new();
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(EOM_DURATION.into()),
+            LATENCY_BUCKETS,
+        )
+        .expect("buckets")
+        .build_recorder();
+    let registry = recorder.handle();
     let timeouts = Timeouts {
         negotiation: Duration::from_millis(300),
         ..Timeouts::postfix()
     };
-    let (addr, shutdown, task) = start(
-        Server::builder()
-            .metrics(registry.clone())
-            .timeouts(timeouts)
-            .shutdown_deadline(Duration::from_millis(300)),
-        Judge::default,
-    )
-    .await;
-    let endpoint = MetricsServer::bind("127.0.0.1:0", registry.clone())
+    // Current on this thread only: the server resolves its handles when `bind` is first
+    // polled, which `start` does here; nothing else in the process sees this recorder.
+    let (addr, shutdown, task) = {
+        let _current = metrics::set_default_local_recorder(&recorder);
+        start(
+            Server::builder()
+                .timeouts(timeouts)
+                .shutdown_deadline(Duration::from_millis(300)),
+            Judge::default,
+        )
         .await
-        .expect("bind metrics");
-    let http = endpoint.local_addr();
-    let http_stop = ShutdownHandle::new();
-    tokio::spawn(endpoint.serve(http_stop.clone()));
+    };
 
     // One connection: accepted, rejected at end of message (550), refused at MAIL, quit.
     let mut a = Raw::connect(addr).await;
@@ -153,17 +142,7 @@ async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
     drop(e);
 
     wait_value(&registry, "milter_connections_active", 0.0).await;
-    let resp = get(http, "/metrics").await;
-    let (head, text) = resp.split_once("\r\n\r\n").expect("head and body");
-    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
-    assert!(
-        head.contains("\r\nContent-Type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    assert!(
-        head.contains(&format!("\r\nContent-Length: {}", text.len())),
-        "{head}"
-    );
+    let text = &registry.render();
     let expect = [
         ("milter_connections_accepted_total", 5.0),
         ("milter_connections_active", 0.0),
@@ -199,6 +178,12 @@ async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
         assert_eq!(value(text, series), Some(want), "{series} in:\n{text}");
     }
     assert!(text.contains("# TYPE milter_eom_duration_seconds histogram\n"));
+    assert!(
+        text.contains(
+            "# HELP milter_connections_closed_total Milter connections closed, by reason.\n"
+        ),
+        "{text}"
+    );
 
     // Shutdown with an idle connection open: served until the drain deadline, then
     // closed for that reason.
@@ -217,61 +202,4 @@ async fn server_counts_verdicts_rejections_errors_and_close_reasons_exactly() {
         "{text}"
     );
     assert_eq!(value(&text, "milter_connections_active"), Some(0.0));
-    http_stop.shutdown();
-}
-
-#[tokio::test]
-async fn endpoint_answers_404_elsewhere_and_refuses_oversized_requests() {
-    let registry = Registry::new();
-    registry.counter("t_total", "T.").unwrap().add(7);
-    let endpoint = MetricsServer::bind("127.0.0.1:0", registry.clone())
-        .await
-        .expect("bind")
-        .read_timeout(Duration::from_millis(500));
-    let addr = endpoint.local_addr();
-    let stop = ShutdownHandle::new();
-    let task = tokio::spawn(endpoint.serve(stop.clone()));
-
-    let ok = get(addr, "/metrics").await;
-    assert!(
-        ok.ends_with("\r\n\r\n# HELP t_total T.\n# TYPE t_total counter\nt_total 7\n"),
-        "{ok}"
-    );
-    for path in ["/", "/metrics/x", "/favicon.ico"] {
-        let r = get(addr, path).await;
-        assert!(r.starts_with("HTTP/1.0 404 Not Found\r\n"), "{path}: {r}");
-    }
-
-    // A head that never ends: refused once the bound is reached, connection closed.
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let flood = vec![b'a'; MAX_REQUEST_BYTES + 1];
-    let _ = s.write_all(&flood).await;
-    let mut out = Vec::new();
-    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("closed within 5 s");
-    let text = String::from_utf8_lossy(&out);
-    assert!(
-        text.starts_with("HTTP/1.0 431 ") || (r.is_err() && out.is_empty()),
-        "{r:?} {text}"
-    );
-    assert!(!text.contains("t_total"), "{text}");
-
-    // A slow client: closed after the read timeout without metrics.
-    let mut slow = TcpStream::connect(addr).await.expect("connect");
-    slow.write_all(b"GET /metrics HTTP/1.1\r\n")
-        .await
-        .expect("write");
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut out))
-        .await
-        .expect("closed within 5 s")
-        .expect("read");
-    let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/1.0 408 "), "{text}");
-
-    // Still serving after all that.
-    assert!(get(addr, "/metrics").await.contains("t_total 7\n"));
-    stop.shutdown();
-    task.await.expect("endpoint stops on shutdown");
 }

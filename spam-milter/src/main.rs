@@ -36,9 +36,9 @@ fn main() -> ExitCode {
     milter_daemon::logging::init(&state.config.log_level);
     let config_path = cli.common.config;
     milter_daemon::run::block_on(async move {
-        let registry = milter_core::metrics::Registry::new();
-        let metrics = spam_milter::metrics::SpamMetrics::new(&registry)
-            .map_err(spam_milter::milter::ServeError::Metrics)?;
+        let registry =
+            milter_daemon::metrics::install().map_err(spam_milter::milter::ServeError::Metrics)?;
+        let metrics = spam_milter::metrics::SpamMetrics::new(&registry);
         let shared = milter_daemon::reload::shared(state);
         let m = metrics.clone();
         tokio::spawn(milter_daemon::reload::watch(

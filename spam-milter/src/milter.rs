@@ -33,7 +33,7 @@ pub enum ServeError {
     Server(#[from] milter_core::Error),
     /// The metrics could not be registered (a bug: the names are fixed).
     #[error("metrics: {0}")]
-    Metrics(#[from] milter_core::metrics::MetricsError),
+    Metrics(#[from] milter_daemon::metrics::MetricsError),
     /// The upstream pool could not be built.
     #[error("rspamd upstreams: {0}")]
     Pool(String),
@@ -404,9 +404,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let st = state.load_full();
     let cfg = &st.config;
-    let pool = Arc::new(
-        Pool::new(&cfg.rspamd, metrics.registry()).map_err(|e| ServeError::Pool(e.to_string()))?,
-    );
+    let pool = Arc::new(Pool::new(&cfg.rspamd).map_err(|e| ServeError::Pool(e.to_string()))?);
     let unix = UnixSocketOptions {
         mode: cfg.socket_mode.map(|m| m.bits()),
         ..UnixSocketOptions::default()
@@ -415,20 +413,16 @@ pub async fn serve(
         .listen(&cfg.socket)?
         .unix_socket(unix)
         .max_connections(cfg.max_connections)
-        .shutdown_deadline(Duration::from_secs(30))
-        .metrics(metrics.registry().clone());
+        .shutdown_deadline(Duration::from_secs(30));
     if let Some(h) = shutdown {
         builder = builder.shutdown_handle(h);
     }
     let server = builder.bind().await?;
     let health = pool.spawn_health_checks();
     if let Some(spec) = &cfg.metrics_listen {
-        let addr = milter_daemon::metrics::serve(
-            spec,
-            metrics.registry().clone(),
-            server.shutdown_handle(),
-        )
-        .await?;
+        let addr =
+            milter_daemon::metrics::serve(spec, metrics.handle().clone(), server.shutdown_handle())
+                .await?;
         tracing::info!("spam-milter metrics on http://{addr}/metrics");
     }
     for a in server.local_addrs() {

@@ -82,7 +82,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use milter_core::metrics::{Counter, CounterFamily, Gauge, MetricsError, Registry};
+use metrics::{Counter, Gauge};
 use rspamd_client::backend::async_client::ReqwestRequest;
 use rspamd_client::backend::traits::Request as _;
 use rspamd_client::error::RspamdError;
@@ -318,9 +318,6 @@ pub enum PoolError {
         /// The client's error.
         reason: String,
     },
-    /// A metric could not be registered (a name clash in the registry).
-    #[error("rspamd upstream metrics: {0}")]
-    Metrics(#[from] MetricsError),
 }
 
 /// What went wrong in one attempt, before the upstream and attempt count are attached.
@@ -590,7 +587,7 @@ impl Upstream {
 ///
 /// Build it with [`Pool::new`], put it in an `Arc`, start [`Pool::spawn_health_checks`]
 /// and call [`Pool::scan`] for each message. After a reload, a new pool built with the
-/// same registry shares the same counters; abort the old health-check task (it also ends
+/// same recorder shares the same counters; abort the old health-check task (it also ends
 /// by itself once the old pool is dropped).
 pub struct Pool {
     upstreams: Vec<Upstream>,
@@ -618,10 +615,10 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Builds one rspamd-client client per upstream and registers the
-    /// `spam_milter_upstream*` metrics in `registry`. Logs a WARN when a proxy variable in
+    /// Builds one rspamd-client client per upstream and resolves the
+    /// `spam_milter_upstream*` metrics against the current recorder. Logs a WARN when a proxy variable in
     /// the environment would route scans through a proxy (see the [module docs](self)).
-    pub fn new(cfg: &RspamdConfig, registry: &Registry) -> Result<Pool, PoolError> {
+    pub fn new(cfg: &RspamdConfig) -> Result<Pool, PoolError> {
         if cfg.upstreams.is_empty() {
             return Err(PoolError::NoUpstreams);
         }
@@ -629,31 +626,32 @@ impl Pool {
         let health_interval = cfg.health_check_interval.get();
         let probe_timeout = PROBE_TIMEOUT.min(attempt_timeout).min(health_interval);
         let n = cfg.upstreams.len();
-        let cap = (2 * n).max(milter_core::metrics::DEFAULT_LABEL_CAP);
-        let requests: CounterFamily = registry.counter_family_with_cap(
+        // One series pair per configured upstream: bounded by the configuration.
+        metrics::describe_counter!(
             "spam_milter_upstream_requests_total",
-            "Requests (attempts) sent to each Rspamd upstream, by result (ok/error).",
-            &["upstream", "result"],
-            cap,
-        )?;
-        let checks: CounterFamily = registry.counter_family_with_cap(
+            "Requests (attempts) sent to each Rspamd upstream, by result (ok/error)."
+        );
+        metrics::describe_counter!(
             "spam_milter_upstream_health_checks_total",
-            "GET /ping health checks of each Rspamd upstream, by result (ok/error).",
-            &["upstream", "result"],
-            cap,
-        )?;
-        let failovers = registry.counter(
+            "GET /ping health checks of each Rspamd upstream, by result (ok/error)."
+        );
+        metrics::describe_counter!(
             "spam_milter_upstream_failovers_total",
-            "Scan attempts that moved on to another Rspamd upstream after a failure.",
-        )?;
-        let healthy = registry.gauge(
+            "Scan attempts that moved on to another Rspamd upstream after a failure."
+        );
+        metrics::describe_gauge!(
             "spam_milter_upstreams_healthy",
-            "Rspamd upstreams usable now (breaker not open, last health check not failed).",
-        )?;
-        let breakers_open = registry.gauge(
+            "Rspamd upstreams usable now (breaker not open, last health check not failed)."
+        );
+        metrics::describe_gauge!(
             "spam_milter_upstream_breakers_open",
-            "Rspamd upstreams whose circuit breaker is open or half-open.",
-        )?;
+            "Rspamd upstreams whose circuit breaker is open or half-open."
+        );
+        let requests = |u: &str, result: &'static str| metrics::counter!("spam_milter_upstream_requests_total", "upstream" => u.to_owned(), "result" => result);
+        let checks = |u: &str, result: &'static str| metrics::counter!("spam_milter_upstream_health_checks_total", "upstream" => u.to_owned(), "result" => result);
+        let failovers = metrics::counter!("spam_milter_upstream_failovers_total");
+        let healthy = metrics::gauge!("spam_milter_upstreams_healthy");
+        let breakers_open = metrics::gauge!("spam_milter_upstream_breakers_open");
         let probe_client = reqwest::Client::builder()
             .no_proxy()
             .timeout(probe_timeout)
@@ -701,10 +699,10 @@ impl Pool {
                     breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.get()),
                     health: Health::Unknown,
                 }),
-                ok: requests.with(&[u, "ok"]),
-                err: requests.with(&[u, "error"]),
-                probe_ok: checks.with(&[u, "ok"]),
-                probe_err: checks.with(&[u, "error"]),
+                ok: requests(u, "ok"),
+                err: requests(u, "error"),
+                probe_ok: checks(u, "ok"),
+                probe_err: checks(u, "error"),
             });
         }
         let pool = Pool {
@@ -798,7 +796,7 @@ impl Pool {
                 admission: Some(admission),
             };
             if attempts > 0 {
-                self.failovers.inc();
+                self.failovers.increment(1);
             }
             attempts += 1;
             let budget = self.attempt_timeout.min(remaining);
@@ -806,7 +804,7 @@ impl Pool {
                 tokio::time::timeout(budget, self.attempt(up, &prepared, &req.body)).await;
             let fault = match outcome {
                 Ok(Ok((reply, rewritten_body))) => {
-                    up.ok.inc();
+                    up.ok.increment(1);
                     if pending.success() {
                         tracing::info!("rspamd upstream {}: circuit breaker closed", up.url);
                     }
@@ -822,7 +820,7 @@ impl Pool {
                 Ok(Err(fault)) => fault,
                 Err(_) if budget < self.attempt_timeout => {
                     // Cut short by the scan deadline: not this upstream's fault.
-                    up.err.inc();
+                    up.err.increment(1);
                     drop(pending);
                     tracing::warn!(
                         "rspamd upstream {}: scan deadline passed during attempt {attempts}",
@@ -835,7 +833,7 @@ impl Pool {
                 }
                 Err(_) => Fault::Timeout,
             };
-            up.err.inc();
+            up.err.increment(1);
             tracing::warn!("rspamd upstream {}: {fault} (attempt {attempts})", up.url);
             if pending.failure() {
                 let (failures, cooldown) = {
@@ -961,7 +959,7 @@ impl Pool {
         let mut st = up.lock();
         match result {
             Ok(()) => {
-                up.probe_ok.inc();
+                up.probe_ok.increment(1);
                 let was_down = matches!(st.health, Health::Down(_));
                 st.health = Health::Up;
                 let half_opened = st.breaker.health_ok(now);
@@ -977,7 +975,7 @@ impl Pool {
                 }
             }
             Err(reason) => {
-                up.probe_err.inc();
+                up.probe_err.increment(1);
                 let was_down = matches!(st.health, Health::Down(_));
                 st.health = Health::Down(reason.clone());
                 drop(st);
@@ -1001,8 +999,8 @@ impl Pool {
                 healthy += 1;
             }
         }
-        self.healthy.set(healthy);
-        self.breakers_open.set(open);
+        self.healthy.set(healthy as f64);
+        self.breakers_open.set(open as f64);
     }
 }
 
@@ -1400,6 +1398,8 @@ mod tests {
                 "bad_request"
             ]
         );
+        // The metrics resolve exactly these up front (a new kind must be added there).
+        assert_eq!(labels, crate::metrics::SCAN_ERRORS);
         assert_eq!(all[6].attempts(), 2);
         assert_eq!(all[6].upstream().map(|u| &**u), Some("http://x"));
         assert!(all[4].to_string().contains("HTTP status 500"), "{}", all[4]);

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use milter_core::metrics::Registry;
 use milter_daemon::config::Span;
+use milter_daemon::metrics::PrometheusHandle;
 use spam_milter::config::{RspamdConfig, Selection};
 use spam_milter::upstream::{BreakerState, Pool, ScanError, ScanRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -211,9 +211,18 @@ fn config(upstreams: &[&str]) -> RspamdConfig {
     }
 }
 
-fn pool(cfg: &RspamdConfig) -> (Arc<Pool>, Registry) {
-    let registry = Registry::new();
-    (Arc::new(Pool::new(cfg, &registry).unwrap()), registry)
+/// A pool whose metrics go to a recorder of its own (tests run in parallel).
+fn pool(cfg: &RspamdConfig) -> (Arc<Pool>, PrometheusHandle) {
+    let recorder = milter_daemon::metrics::recorder();
+    let pool = metrics::with_local_recorder(&recorder, || Pool::new(cfg).unwrap());
+    (Arc::new(pool), recorder.handle())
+}
+
+/// The value of the sample line `series` (name with labels) in the rendered text.
+fn sample(reg: &PrometheusHandle, series: &str) -> Option<f64> {
+    reg.render()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn request() -> ScanRequest {
@@ -230,18 +239,15 @@ fn request() -> ScanRequest {
     }
 }
 
-fn requests_total(reg: &Registry, upstream: &str, result: &str) -> u64 {
-    reg.counter_family(
-        "spam_milter_upstream_requests_total",
-        "",
-        &["upstream", "result"],
-    )
-    .unwrap()
-    .get(&[upstream, result])
+fn requests_total(reg: &PrometheusHandle, upstream: &str, result: &str) -> u64 {
+    let series = format!(
+        "spam_milter_upstream_requests_total{{upstream=\"{upstream}\",result=\"{result}\"}}"
+    );
+    sample(reg, &series).map_or(0, |v| v as u64)
 }
 
-fn gauge(reg: &Registry, name: &str) -> i64 {
-    reg.gauge(name, "").unwrap().get()
+fn gauge(reg: &PrometheusHandle, name: &str) -> i64 {
+    sample(reg, name).map_or(i64::MIN, |v| v as i64)
 }
 
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -355,10 +361,10 @@ async fn failover_from_a_closed_port_to_a_live_server() {
     assert_eq!(got.attempts, 2);
     assert_eq!(requests_total(&reg, &dead, "error"), 1);
     assert_eq!(requests_total(&reg, &live.url, "ok"), 1);
-    let failovers = reg
-        .counter("spam_milter_upstream_failovers_total", "")
-        .unwrap();
-    assert_eq!(failovers.get(), 1);
+    assert_eq!(
+        sample(&reg, "spam_milter_upstream_failovers_total"),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -617,15 +623,14 @@ async fn health_checks_mark_a_dead_upstream_down_and_it_is_skipped() {
     let got = pool.scan(&request()).await.unwrap();
     assert_eq!((&*got.upstream, got.attempts), (b.url.as_str(), 1));
     assert!(a.scans().is_empty(), "a is skipped while down");
-    let checks = reg
-        .counter_family(
-            "spam_milter_upstream_health_checks_total",
-            "",
-            &["upstream", "result"],
-        )
-        .unwrap();
-    assert!(checks.get(&[&a.url, "error"]) >= 1);
-    assert!(checks.get(&[&b.url, "ok"]) >= 1);
+    let checks = |u: &str, result: &str| {
+        let series = format!(
+            "spam_milter_upstream_health_checks_total{{upstream=\"{u}\",result=\"{result}\"}}"
+        );
+        sample(&reg, &series).unwrap_or(0.0)
+    };
+    assert!(checks(&a.url, "error") >= 1.0);
+    assert!(checks(&b.url, "ok") >= 1.0);
     let ping = b.requests.lock().unwrap()[0].clone();
     assert_eq!((ping.method.as_str(), ping.path.as_str()), ("GET", "/ping"));
 
@@ -760,7 +765,7 @@ async fn metrics_are_registered_at_start() {
     assert_eq!(gauge(&reg, "spam_milter_upstream_breakers_open"), 0);
     // A bad URL is a PoolError, not a panic.
     let mut cfg = config(&["http://"]);
-    assert!(Pool::new(&cfg, &Registry::new()).is_err());
+    assert!(Pool::new(&cfg).is_err());
     cfg.upstreams.clear();
-    assert!(Pool::new(&cfg, &Registry::new()).is_err());
+    assert!(Pool::new(&cfg).is_err());
 }

@@ -186,7 +186,7 @@ impl MetricsListen {
 impl TryFrom<String> for MetricsListen {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        match milter_core::metrics::http::parse_listen(&s) {
+        match crate::metrics::parse_listen(&s) {
             Ok(_) => Ok(MetricsListen(s)),
             Err(e) => Err(format!("metrics-listen: {e}")),
         }

@@ -6,7 +6,8 @@
 //!   its files change; a broken file keeps the old state.
 //! - [`cli`]: the `--config` / `--check-config` arguments every daemon takes.
 //! - [`logging`] and [`run`]: `tracing` set-up and the runtime around a daemon's `serve`.
-//! - [`metrics`]: the `GET /metrics` endpoint and the reload counter.
+//! - [`metrics`]: the Prometheus recorder (metrics-exporter-prometheus), the `GET /metrics`
+//!   endpoint (hyper), bounded counter sets and the reload counter.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

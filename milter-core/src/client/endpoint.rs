@@ -2,7 +2,10 @@
 //! `inet:port@host`, `inet6:...`, `unix:/path`, `local:/path`), parsed by the server's
 //! [`Endpoint`] parser so both sides agree.
 
+#[cfg(not(feature = "server"))]
+pub use crate::endpoint::Endpoint;
 use crate::error::Error;
+#[cfg(feature = "server")]
 pub use crate::server::Endpoint;
 
 /// Parses a milter address to connect to; port 0 (bind-only) is refused.

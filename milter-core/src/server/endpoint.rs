@@ -266,14 +266,14 @@ fn bind_unix(ep: &Endpoint, path: &Path, opts: &UnixSocketOptions) -> Result<Lis
     // Resolve names before binding, so a typo leaves no socket behind.
     let uid = match &opts.owner {
         Some(o) => Some(
-            resolve_id(o, "/etc/passwd")
+            resolve_id(o, IdKind::User)
                 .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket owner {o:?}")))?,
         ),
         None => None,
     };
     let gid = match &opts.group {
         Some(g) => Some(
-            resolve_id(g, "/etc/group")
+            resolve_id(g, IdKind::Group)
                 .ok_or_else(|| bad(&ep.to_string(), format!("unknown socket group {g:?}")))?,
         ),
         None => None,
@@ -337,16 +337,27 @@ fn bind_staged(
     result
 }
 
-/// A numeric id, or a name looked up in `/etc/passwd` / `/etc/group` (third field).
-fn resolve_id(name: &str, db: &str) -> Option<u32> {
+/// Which name service database [`resolve_id`] asks.
+#[derive(Debug, Clone, Copy)]
+enum IdKind {
+    User,
+    Group,
+}
+
+/// A numeric id, or a name looked up through the system's NSS (`getpwnam_r` /
+/// `getgrnam_r` via `nix`), so LDAP, SSSD or systemd-userdb accounts resolve as they do
+/// for every other program; a lookup error is logged and treated as unknown.
+fn resolve_id(name: &str, kind: IdKind) -> Option<u32> {
     if let Ok(id) = name.parse() {
         return Some(id);
     }
-    let text = std::fs::read_to_string(db).ok()?;
-    text.lines().find_map(|line| {
-        let mut f = line.split(':');
-        (f.next()? == name).then_some(())?;
-        f.nth(1)?.parse().ok()
+    let found = match kind {
+        IdKind::User => nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw())),
+        IdKind::Group => nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw())),
+    };
+    found.unwrap_or_else(|e| {
+        tracing::warn!(name, ?kind, error = %e, "user/group lookup failed");
+        None
     })
 }
 
@@ -414,9 +425,15 @@ mod tests {
 
     #[test]
     fn ids_by_number_and_name() {
-        assert_eq!(resolve_id("0", "/etc/passwd"), Some(0));
-        assert_eq!(resolve_id("root", "/etc/passwd"), Some(0));
-        assert_eq!(resolve_id("root", "/etc/group"), Some(0));
-        assert_eq!(resolve_id("no-such-user-xyz", "/etc/passwd"), None);
+        assert_eq!(resolve_id("0", IdKind::User), Some(0));
+        assert_eq!(resolve_id("root", IdKind::User), Some(0));
+        assert_eq!(resolve_id("root", IdKind::Group), Some(0));
+        assert_eq!(resolve_id("no-such-user-xyz", IdKind::User), None);
+        assert_eq!(resolve_id("no-such-group-xyz", IdKind::Group), None);
+        // The running user's own name, as NSS knows it, maps back to our uid.
+        let me = nix::unistd::getuid();
+        if let Ok(Some(u)) = nix::unistd::User::from_uid(me) {
+            assert_eq!(resolve_id(&u.name, IdKind::User), Some(me.as_raw()));
+        }
     }
 }

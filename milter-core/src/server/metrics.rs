@@ -1,11 +1,72 @@
-//! What the server counts about itself. Every labelled series is resolved at
-//! registration, so recording is one relaxed atomic add: no lock, no allocation.
+//! What the server counts about itself (names and the reasoning: [`crate::metrics`]
+//! with the `metrics` feature). Every labelled series is resolved once, when the server
+//! binds; without the feature the handles are zero-sized no-ops.
 
 use std::time::Duration;
 
 use crate::error::{Error, Phase, ProtocolError};
-use crate::metrics::{Counter, Gauge, Histogram, LATENCY_BUCKETS, MetricsError, Registry};
 use crate::proto::Verdict;
+use handles::{Counter, Gauge, Histogram};
+
+#[cfg(feature = "metrics")]
+mod handles {
+    pub(super) use ::metrics::{Counter, Gauge, Histogram};
+
+    pub(super) fn counter(name: &'static str) -> Counter {
+        ::metrics::counter!(name)
+    }
+    pub(super) fn labelled(
+        name: &'static str,
+        label: &'static str,
+        value: &'static str,
+    ) -> Counter {
+        ::metrics::counter!(name, label => value)
+    }
+    pub(super) fn gauge(name: &'static str) -> Gauge {
+        ::metrics::gauge!(name)
+    }
+    pub(super) fn histogram(name: &'static str) -> Histogram {
+        ::metrics::histogram!(name)
+    }
+    pub(super) fn describe() {
+        crate::metrics::describe();
+    }
+}
+
+/// Without the `metrics` feature: the same calls, compiled to nothing, so the server
+/// code has no `cfg` of its own.
+#[cfg(not(feature = "metrics"))]
+mod handles {
+    #[derive(Clone, Copy)]
+    pub(super) struct Counter;
+    #[derive(Clone, Copy)]
+    pub(super) struct Gauge;
+    #[derive(Clone, Copy)]
+    pub(super) struct Histogram;
+    impl Counter {
+        pub(super) fn increment(&self, _: u64) {}
+    }
+    impl Gauge {
+        pub(super) fn increment(&self, _: f64) {}
+        pub(super) fn decrement(&self, _: f64) {}
+    }
+    impl Histogram {
+        pub(super) fn record(&self, _: f64) {}
+    }
+    pub(super) fn counter(_: &'static str) -> Counter {
+        Counter
+    }
+    pub(super) fn labelled(_: &'static str, _: &'static str, _: &'static str) -> Counter {
+        Counter
+    }
+    pub(super) fn gauge(_: &'static str) -> Gauge {
+        Gauge
+    }
+    pub(super) fn histogram(_: &'static str) -> Histogram {
+        Histogram
+    }
+    pub(super) fn describe() {}
+}
 
 /// Why a connection ended (`reason` of `milter_connections_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,20 +122,10 @@ const PROTOCOL_ERRORS: [&str; 9] = [
 
 const PHASES: [&str; 4] = ["negotiation", "command", "content", "idle"];
 
-/// The server's instruments, registered in a [`Registry`] (cheap to clone).
-///
-/// | name | type | labels |
-/// |---|---|---|
-/// | `milter_connections_accepted_total` | counter | |
-/// | `milter_connections_active` | gauge | |
-/// | `milter_connections_closed_total` | counter | `reason`: quit, eof, shutdown, protocol_error, timeout, io_error, panic, usage_error |
-/// | `milter_messages_total` | counter | |
-/// | `milter_verdicts_total` | counter | `verdict` at end of message: continue, accept, reject, tempfail, discard, reply-4xx, reply-5xx, shutdown |
-/// | `milter_rejections_total` | counter | `stage`: connect … eom, unknown (a reject, tempfail, 4xx/5xx reply or shutdown sent) |
-/// | `milter_protocol_errors_total` | counter | `kind` |
-/// | `milter_timeouts_total` | counter | `phase`: negotiation, command, content, idle |
-/// | `milter_eom_duration_seconds` | histogram | |
-#[derive(Debug, Clone)]
+/// The server's instruments, resolved against the recorder current when the server
+/// binds (cheap to clone). The names are listed in `milter_core::metrics` (feature
+/// `metrics`).
+#[derive(Clone)]
 pub struct ServerMetrics {
     accepted: Counter,
     active: Gauge,
@@ -87,67 +138,41 @@ pub struct ServerMetrics {
     eom_seconds: Histogram,
 }
 
+impl std::fmt::Debug for ServerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerMetrics").finish_non_exhaustive()
+    }
+}
+
 impl ServerMetrics {
-    /// Registers (or finds) the server's metrics in `registry`. Fails only when one of
-    /// the names is registered already with another type or labels.
-    pub fn register(registry: &Registry) -> Result<ServerMetrics, MetricsError> {
-        let closed = registry.counter_family(
-            "milter_connections_closed_total",
-            "Milter connections closed, by reason.",
-            &["reason"],
-        )?;
-        let verdicts = registry.counter_family(
-            "milter_verdicts_total",
-            "Verdicts sent at end of message, by kind.",
-            &["verdict"],
-        )?;
-        let rejections = registry.counter_family(
-            "milter_rejections_total",
-            "Rejects, tempfails, 4xx/5xx replies and shutdowns sent, by the stage they answered.",
-            &["stage"],
-        )?;
-        let protocol_errors = registry.counter_family(
-            "milter_protocol_errors_total",
-            "Connections closed because the MTA broke the protocol, by kind.",
-            &["kind"],
-        )?;
-        let timeouts = registry.counter_family(
-            "milter_timeouts_total",
-            "Connections closed because the MTA was silent too long, by phase.",
-            &["phase"],
-        )?;
-        Ok(ServerMetrics {
-            accepted: registry.counter(
-                "milter_connections_accepted_total",
-                "Milter connections accepted.",
-            )?,
-            active: registry.gauge("milter_connections_active", "Milter connections open.")?,
-            closed: CLOSE_REASONS.map(|r| closed.with(&[r])),
-            messages: registry.counter(
-                "milter_messages_total",
-                "Messages started (first MAIL or later event of a transaction).",
-            )?,
-            verdicts: VERDICTS.map(|v| verdicts.with(&[v])),
-            rejections: STAGES.map(|s| rejections.with(&[s])),
-            protocol_errors: PROTOCOL_ERRORS.map(|k| protocol_errors.with(&[k])),
-            timeouts: PHASES.map(|p| timeouts.with(&[p])),
-            eom_seconds: registry.histogram(
-                "milter_eom_duration_seconds",
-                "Time the handler's end-of-message callback took.",
-                LATENCY_BUCKETS,
-            )?,
-        })
+    /// Describes the server's metrics to the current recorder and resolves every series
+    /// (each label value is known here, so none is created later).
+    pub fn register() -> ServerMetrics {
+        use handles::{counter, describe, gauge, histogram, labelled};
+        describe();
+        ServerMetrics {
+            accepted: counter("milter_connections_accepted_total"),
+            active: gauge("milter_connections_active"),
+            closed: CLOSE_REASONS.map(|r| labelled("milter_connections_closed_total", "reason", r)),
+            messages: counter("milter_messages_total"),
+            verdicts: VERDICTS.map(|v| labelled("milter_verdicts_total", "verdict", v)),
+            rejections: STAGES.map(|s| labelled("milter_rejections_total", "stage", s)),
+            protocol_errors: PROTOCOL_ERRORS
+                .map(|k| labelled("milter_protocol_errors_total", "kind", k)),
+            timeouts: PHASES.map(|p| labelled("milter_timeouts_total", "phase", p)),
+            eom_seconds: histogram("milter_eom_duration_seconds"),
+        }
     }
 
     pub(crate) fn opened(&self) {
-        self.accepted.inc();
-        self.active.inc();
+        self.accepted.increment(1);
+        self.active.increment(1.0);
     }
 
     pub(crate) fn closed(&self, reason: CloseReason) {
-        self.active.dec();
+        self.active.decrement(1.0);
         if let Some(c) = self.closed.get(reason as usize) {
-            c.inc();
+            c.increment(1);
         }
     }
 
@@ -182,7 +207,7 @@ impl ServerMetrics {
     }
 
     pub(crate) fn message_started(&self) {
-        self.messages.inc();
+        self.messages.increment(1);
     }
 
     /// A verdict actually sent in answer to `stage` (an index into [`STAGES`]); `kind`
@@ -197,7 +222,7 @@ impl ServerMetrics {
     }
 
     pub(crate) fn eom_took(&self, d: Duration) {
-        self.eom_seconds.observe_duration(d);
+        self.eom_seconds.record(d.as_secs_f64());
     }
 }
 
@@ -217,7 +242,7 @@ pub(crate) fn verdict_kind(verdict: &Verdict) -> usize {
 
 fn bump(counters: &[Counter], i: usize) {
     if let Some(c) = counters.get(i) {
-        c.inc();
+        c.increment(1);
     }
 }
 

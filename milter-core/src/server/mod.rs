@@ -39,8 +39,9 @@
 //!   gave up waiting, e.g. after Postfix's `milter_command_timeout`), the callback is
 //!   dropped at once and its slot freed. A callback that blocks its thread instead of
 //!   awaiting cannot be dropped; keep blocking work in `spawn_blocking`.
-//! - Every connection, message, verdict, protocol error and timeout is counted in
-//!   [`Server::metrics`] (see [`ServerMetrics`] for the names).
+//! - With the `metrics` feature, every connection, message, verdict, protocol error and
+//!   timeout is counted through the `metrics` facade into whatever recorder the program
+//!   installed before [`Builder::bind`] (names: `milter_core::metrics`).
 //!
 //! # Shutdown: draining without cutting sessions
 //!
@@ -93,7 +94,6 @@ pub use metrics::ServerMetrics;
 
 use crate::error::Error;
 use crate::handler::Milter;
-use crate::metrics::Registry;
 use crate::proto::Verdict;
 use endpoint::Listener;
 
@@ -137,7 +137,6 @@ pub struct Builder {
     shutdown_deadline: Duration,
     handle_signals: bool,
     shutdown: ShutdownHandle,
-    registry: Option<Registry>,
 }
 
 impl Builder {
@@ -222,15 +221,6 @@ impl Builder {
         self
     }
 
-    /// Counts into `registry` (shared with the daemon's own metrics and its
-    /// [`MetricsServer`](crate::metrics::http::MetricsServer)); without it the server counts
-    /// into a registry of its own. Either way [`Server::metrics`] returns it; the names
-    /// are listed at [`ServerMetrics`].
-    pub fn metrics(mut self, registry: Registry) -> Builder {
-        self.registry = Some(registry);
-        self
-    }
-
     /// Binds every address. Errors name the address and the reason (in use, permission,
     /// not a socket, ...).
     pub async fn bind(self) -> Result<Server, Error> {
@@ -240,8 +230,7 @@ impl Builder {
                 reason: "no listen address given".into(),
             });
         }
-        let registry = self.registry.unwrap_or_default();
-        let metrics = ServerMetrics::register(&registry)?;
+        let metrics = ServerMetrics::register();
         let mut listeners = Vec::with_capacity(self.endpoints.len());
         for ep in &self.endpoints {
             let l = endpoint::bind(ep, &self.unix).await?;
@@ -256,7 +245,6 @@ impl Builder {
             shutdown_deadline: self.shutdown_deadline,
             handle_signals: self.handle_signals,
             shutdown: self.shutdown,
-            registry,
             metrics,
         })
     }
@@ -281,7 +269,6 @@ pub struct Server {
     shutdown_deadline: Duration,
     handle_signals: bool,
     shutdown: ShutdownHandle,
-    registry: Registry,
     metrics: ServerMetrics,
 }
 
@@ -299,7 +286,6 @@ impl Server {
             shutdown_deadline: Duration::from_secs(30),
             handle_signals: true,
             shutdown: ShutdownHandle::new(),
-            registry: None,
         }
     }
 
@@ -311,12 +297,6 @@ impl Server {
     /// A handle that shuts this server down gracefully.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         self.shutdown.clone()
-    }
-
-    /// The registry the server counts into (see [`Builder::metrics`]); render it, or
-    /// serve it with [`MetricsServer`](crate::metrics::http::MetricsServer).
-    pub fn metrics(&self) -> &Registry {
-        &self.registry
     }
 
     /// Serves until shutdown is requested, then drains (see the [module docs](self)):
