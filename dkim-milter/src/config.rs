@@ -117,6 +117,20 @@ pub enum EmptyDomainDir {
     KeyError,
 }
 
+/// Whether a connection for which the MTA names no client address (socket family
+/// unknown, as Sendmail's `-bs` and local pickups report) counts as ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownClient {
+    /// As if from 127.0.0.1, so internal exactly when `internal-hosts` holds it: what
+    /// OpenDKIM does (its `mlfi_connect` substitutes the loopback address). Default.
+    Loopback,
+    /// Always internal, whatever `internal-hosts` says.
+    Internal,
+    /// Never internal: only SASL or an originating daemon name makes it ours.
+    External,
+}
+
 /// How strictly private key file permissions are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -228,6 +242,9 @@ pub struct Config {
     /// `{daemon_name}` values whose mail is signed, e.g. `ORIGINATING` set by
     /// `-o milter_macro_daemon_name=ORIGINATING` on submission in master.cf.
     pub originating_daemon_names: Vec<String>,
+    /// What a connection without a client address is (Sendmail `-bs`, PHP `mail()`
+    /// through the sendmail command): without this, local mail would go unsigned.
+    pub unknown_client: UnknownClient,
     /// `c=` as `header/body`.
     pub canonicalization: Canonicalization,
     /// authserv-id written into (and protected in) Authentication-Results. Default: the
@@ -331,6 +348,7 @@ impl Default for Config {
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
             internal_hosts: Cidr::loopback(),
             originating_daemon_names: Vec::new(),
+            unknown_client: UnknownClient::Loopback,
             canonicalization: Canonicalization {
                 header: Canon::Relaxed,
                 body: Canon::Relaxed,
@@ -478,6 +496,15 @@ impl Config {
     /// True if `ip` is an internal host.
     pub fn is_internal(&self, ip: IpAddr) -> bool {
         self.internal_hosts.iter().any(|c| c.contains(ip))
+    }
+
+    /// True if a connection without a client address counts as internal (`unknown-client`).
+    pub fn unknown_client_is_internal(&self) -> bool {
+        match self.unknown_client {
+            UnknownClient::Loopback => self.is_internal(IpAddr::from([127, 0, 0, 1])),
+            UnknownClient::Internal => true,
+            UnknownClient::External => false,
+        }
     }
 }
 
@@ -657,6 +684,7 @@ pid-file = "/run/dkim-milter/dkim-milter.pid"
 user = "opendkim:opendkim"
 allow-root = true
 empty-domain-dir = "key-error"
+unknown-client = "external"
 "#)
         .unwrap();
         assert_eq!(c.socket_group.as_deref(), Some("postfix"));
@@ -665,6 +693,7 @@ empty-domain-dir = "key-error"
             Some(Path::new("/run/dkim-milter/dkim-milter.pid"))
         );
         assert_eq!(c.empty_domain_dir, EmptyDomainDir::KeyError);
+        assert_eq!(c.unknown_client, UnknownClient::External);
         for (text, needle) in [
             ("socket-group = \"postfix\"", "unix: sockets only"),
             (
