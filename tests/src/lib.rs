@@ -38,6 +38,7 @@ pub mod ports;
 pub mod postfix;
 pub mod recorder;
 pub mod rspamd;
+pub mod sendmail;
 pub mod sink;
 pub mod smtp;
 pub mod swaks;
