@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use milter_daemon::config::{Cidr, ConfigError, MetricsListen, SocketMode, Span, hostname};
+pub use milter_daemon::logging::{LogTarget, SyslogFacility};
 
 /// Which of signing and verifying this instance does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -285,6 +286,12 @@ pub struct Config {
     pub verify_max_message_size: usize,
     /// `tracing` filter, e.g. `info` or `dkim_milter=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `stderr` (default), `syslog` (`syslog(3)` on `/dev/log` with `syslog-facility`) or
+    /// `journald` (native journal fields). Read at start; a change needs a restart.
+    pub log_target: LogTarget,
+    /// Syslog facility for `log-target = "syslog"` (also the journal's
+    /// `SYSLOG_FACILITY`): `mail` (default, like OpenDKIM), `daemon`, `user`, `local0`–`local7`.
+    pub syslog_facility: SyslogFacility,
     /// Seconds between checks of the config, tables and keys dir for changes.
     pub reload_poll_seconds: u64,
     /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
@@ -370,6 +377,8 @@ impl Default for Config {
             oversign_headers: vec!["From".into()],
             verify_max_message_size: 10 * 1024 * 1024,
             log_level: "info".into(),
+            log_target: LogTarget::Stderr,
+            syslog_facility: SyslogFacility::Mail,
             reload_poll_seconds: 5,
             metrics_listen: None,
             dns_servers: None,

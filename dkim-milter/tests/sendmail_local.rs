@@ -51,8 +51,10 @@ fn sendmail_bs_submission_is_signed_and_verifies() {
     // The decision line says why: no client address, taken as local.
     let lines = d.wait_lines("signed", 1);
     assert!(
-        lines.iter().any(|l| l.contains("local submission (no client address)")
-            && l.contains("client=unknown")),
+        lines
+            .iter()
+            .any(|l| l.contains("local submission (no client address)")
+                && l.contains("client=unknown")),
         "{}",
         d.log()
     );

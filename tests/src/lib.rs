@@ -43,6 +43,7 @@ pub mod sink;
 pub mod smtp;
 pub mod swaks;
 pub mod sys;
+pub mod syslog;
 pub mod tls;
 
 /// `/usr/bin/python3`: Debian's interpreter, which has `dkim` and `aiosmtpd`

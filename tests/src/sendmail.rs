@@ -67,7 +67,12 @@ pub fn binary() -> Result<PathBuf> {
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .context("apt-get download left no .deb")?;
     let tree = work.path().join("root");
-    let out = sys::run(Command::new("/usr/bin/dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    let out = sys::run(
+        Command::new("/usr/bin/dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(&tree),
+    )?;
     if !out.status.success() {
         bail!(
             "dpkg-deb -x {}: {}",
