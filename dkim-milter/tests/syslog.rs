@@ -108,3 +108,49 @@ fn syslog_facility_is_configurable_and_warnings_keep_their_severity() {
     assert_eq!(warn[0].facility(), Some(19), "{}", warn[0].raw);
     assert_eq!(warn[0].severity(), Some(4), "{}", warn[0].raw);
 }
+
+#[test]
+fn journald_target_sends_native_fields_with_the_mail_facility() {
+    let journal = SyslogListener::start_journald().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    genkey(keys.path(), "example.com", "jd2026", 2048);
+    let dns = DnsStub::builder().start().unwrap();
+    let (proc, port) = start(
+        &journal,
+        dir.path(),
+        keys.path(),
+        &dns,
+        "log-target = \"journald\"",
+    );
+    let ready = journal
+        .wait_for("dkim-milter listening on", T)
+        .unwrap_or_else(|e| panic!("{e:#}\nstderr: {}", proc.log()));
+    let sink = Sink::start().unwrap();
+    let sm = Sendmail::new(&format!("inet:{port}@127.0.0.1"), sink.port()).unwrap();
+    let msg = message("www-data@example.com", "friend@remote.test", "via journal");
+    sm.submit_bs("www-data@example.com", "friend@remote.test", &msg)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    sink.wait_for(1, T).unwrap();
+    let decision = journal
+        .wait_for("from=www-data@example.com: signed", T)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for line in ready.iter().chain(&decision) {
+        let f = |k| line.journal_field(k);
+        assert_eq!(f("SYSLOG_FACILITY").as_deref(), Some("2"), "{}", line.raw);
+        assert_eq!(
+            f("SYSLOG_IDENTIFIER").as_deref(),
+            Some("dkim-milter"),
+            "{}",
+            line.raw
+        );
+        // tracing-journald, like syslog-tracing, maps INFO to notice (5).
+        assert_eq!(f("PRIORITY").as_deref(), Some("5"), "{}", line.raw);
+    }
+    let message = decision[0].journal_field("MESSAGE").unwrap_or_default();
+    assert!(
+        message.contains("local submission (no client address)"),
+        "{message}"
+    );
+    assert!(!proc.log().contains("listening on"), "{}", proc.log());
+}

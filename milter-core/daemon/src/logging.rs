@@ -7,7 +7,7 @@
 //! socket of our own: it formats as every syslogd expects, speaks to `/dev/log`, and
 //! reconnects when the syslog daemon restarts. Severities follow that crate: ERROR → err,
 //! WARN → warning, INFO → notice, DEBUG → info, TRACE → debug. The journal uses
-//! `tracing-journald` (INFO → info there).
+//! `tracing-journald`, whose default mapping is the same.
 
 use std::ffi::CString;
 
