@@ -24,7 +24,8 @@
 //!
 //! Environment knobs: `STACK_SANDBOX_BASE` (where sandboxes are created,
 //! default the system temp dir), `STACK_KEEP_SANDBOX=1` (keep sandboxes for
-//! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs).
+//! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs), `STACK_SENDMAIL_ROOT` (an
+//! unpacked `sendmail-bin`, see [`sendmail`]).
 
 pub mod corpus;
 pub mod daemon;

@@ -28,12 +28,21 @@ const BINARY: &str = "usr/libexec/sendmail/sendmail";
 /// The host name Sendmail runs as (its UTS namespace's), also its `j` macro.
 pub const HOSTNAME: &str = "sm.sendmail.test";
 
-/// Where `sendmail-bin` is unpacked: a `.deb` download is slow, so it is kept across
-/// runs (`STACK_SENDMAIL_ROOT` overrides it, e.g. for a pre-unpacked tree).
+/// Where `tests/stack/install-deps.sh` unpacks `sendmail-bin`.
+const INSTALLED_ROOT: &str = "/var/cache/stack-tests/sendmail-bin";
+
+/// Where `sendmail-bin` is unpacked: `STACK_SENDMAIL_ROOT`, else install-deps.sh's tree
+/// when it is there, else a cache under the temp dir that survives runs (a download is
+/// slow).
 fn cache_root() -> PathBuf {
-    std::env::var_os("STACK_SENDMAIL_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("stack-tests-sendmail-bin"))
+    if let Some(p) = std::env::var_os("STACK_SENDMAIL_ROOT") {
+        return PathBuf::from(p);
+    }
+    let installed = Path::new(INSTALLED_ROOT);
+    if installed.join(BINARY).is_file() {
+        return installed.to_path_buf();
+    }
+    std::env::temp_dir().join("stack-tests-sendmail-bin")
 }
 
 /// Returns the unpacked `sendmail` binary, downloading and unpacking `sendmail-bin`
