@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use milter_daemon::config::{Cidr, ConfigError, MetricsListen, SocketMode, Span, hostname};
+pub use milter_daemon::logging::{LogTarget, SyslogFacility};
 
 /// Which of signing and verifying this instance does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -115,6 +116,20 @@ pub enum EmptyDomainDir {
     Unsigned,
     /// A broken key: its mail follows `on-key-error`.
     KeyError,
+}
+
+/// Whether a connection for which the MTA names no client address (socket family
+/// unknown, as Sendmail's `-bs` and local pickups report) counts as ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownClient {
+    /// As if from 127.0.0.1, so internal exactly when `internal-hosts` holds it: what
+    /// OpenDKIM does (its `mlfi_connect` substitutes the loopback address). Default.
+    Loopback,
+    /// Always internal, whatever `internal-hosts` says.
+    Internal,
+    /// Never internal: only SASL or an originating daemon name makes it ours.
+    External,
 }
 
 /// How strictly private key file permissions are checked.
@@ -255,6 +270,9 @@ pub struct Config {
     /// `{daemon_name}` values whose mail is signed, e.g. `ORIGINATING` set by
     /// `-o milter_macro_daemon_name=ORIGINATING` on submission in master.cf.
     pub originating_daemon_names: Vec<String>,
+    /// What a connection without a client address is (Sendmail `-bs`, PHP `mail()`
+    /// through the sendmail command): without this, local mail would go unsigned.
+    pub unknown_client: UnknownClient,
     /// `c=` as `header/body`.
     pub canonicalization: Canonicalization,
     /// authserv-id written into (and protected in) Authentication-Results. Default: the
@@ -302,6 +320,12 @@ pub struct Config {
     pub verify_max_message_size: usize,
     /// `tracing` filter, e.g. `info` or `dkim_milter=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `stderr` (default), `syslog` (`syslog(3)` on `/dev/log` with `syslog-facility`) or
+    /// `journald` (native journal fields). Read at start; a change needs a restart.
+    pub log_target: LogTarget,
+    /// Syslog facility for `log-target = "syslog"` (also the journal's
+    /// `SYSLOG_FACILITY`): `mail` (default, like OpenDKIM), `daemon`, `user`, `local0`–`local7`.
+    pub syslog_facility: SyslogFacility,
     /// Seconds between checks of the config, tables and keys dir for changes.
     pub reload_poll_seconds: u64,
     /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
@@ -365,6 +389,7 @@ impl Default for Config {
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
             internal_hosts: Cidr::loopback(),
             originating_daemon_names: Vec::new(),
+            unknown_client: UnknownClient::Loopback,
             canonicalization: Canonicalization {
                 header: Canon::Relaxed,
                 body: Canon::Relaxed,
@@ -388,6 +413,8 @@ impl Default for Config {
             oversign_headers: vec!["From".into()],
             verify_max_message_size: 10 * 1024 * 1024,
             log_level: "info".into(),
+            log_target: LogTarget::Stderr,
+            syslog_facility: SyslogFacility::Mail,
             reload_poll_seconds: 5,
             metrics_listen: None,
             dns_servers: None,
@@ -517,6 +544,15 @@ impl Config {
     /// True if `ip` is an internal host.
     pub fn is_internal(&self, ip: IpAddr) -> bool {
         self.internal_hosts.iter().any(|c| c.contains(ip))
+    }
+
+    /// True if a connection without a client address counts as internal (`unknown-client`).
+    pub fn unknown_client_is_internal(&self) -> bool {
+        match self.unknown_client {
+            UnknownClient::Loopback => self.is_internal(IpAddr::from([127, 0, 0, 1])),
+            UnknownClient::Internal => true,
+            UnknownClient::External => false,
+        }
     }
 }
 
@@ -710,6 +746,7 @@ pid-file = "/run/dkim-milter/dkim-milter.pid"
 user = "opendkim:opendkim"
 allow-root = true
 empty-domain-dir = "key-error"
+unknown-client = "external"
 "#)
         .unwrap();
         assert_eq!(c.socket_group.as_deref(), Some("postfix"));
@@ -718,6 +755,7 @@ empty-domain-dir = "key-error"
             Some(Path::new("/run/dkim-milter/dkim-milter.pid"))
         );
         assert_eq!(c.empty_domain_dir, EmptyDomainDir::KeyError);
+        assert_eq!(c.unknown_client, UnknownClient::External);
         for (text, needle) in [
             ("socket-group = \"postfix\"", "unix: sockets only"),
             (

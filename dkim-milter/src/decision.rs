@@ -20,6 +20,9 @@ pub struct Origin<'a> {
     pub daemon_name: Option<&'a str>,
     /// Client address; `None` for local submission (sendmail/pickup) or unknown.
     pub client_addr: Option<IpAddr>,
+    /// The MTA said the socket family is unknown (no client address at all), as
+    /// Sendmail's `-bs` does; `unknown-client` decides what that is.
+    pub unknown_family: bool,
     /// The From header's address (`user@domain`), if one could be parsed.
     pub from_address: Option<&'a str>,
 }
@@ -33,6 +36,8 @@ pub enum Trust {
     InternalHost,
     /// `{daemon_name}` in originating-daemon-names.
     OriginatingDaemon,
+    /// No client address (local submission), internal by `unknown-client`.
+    LocalSubmission,
 }
 
 /// The reason for a decision; renders as a log phrase.
@@ -76,6 +81,9 @@ impl std::fmt::Display for Reason {
             Reason::Ours(Trust::Authenticated) => f.write_str("authenticated sender"),
             Reason::Ours(Trust::InternalHost) => f.write_str("client is an internal host"),
             Reason::Ours(Trust::OriginatingDaemon) => f.write_str("originating daemon"),
+            Reason::Ours(Trust::LocalSubmission) => {
+                f.write_str("local submission (no client address)")
+            }
             Reason::External => {
                 f.write_str("external client (not authenticated, not internal, not originating)")
             }
@@ -128,6 +136,8 @@ pub fn decide(cfg: &Config, origin: &Origin<'_>, lookup: impl Fn(&str) -> Lookup
             .any(|n| n.eq_ignore_ascii_case(d))
     }) {
         Some(Trust::OriginatingDaemon)
+    } else if origin.unknown_family && cfg.unknown_client_is_internal() {
+        Some(Trust::LocalSubmission)
     } else {
         None
     };
@@ -248,6 +258,47 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(run(&c, o).action, Action::Verify));
+    }
+
+    #[test]
+    fn unknown_client_follows_the_option() {
+        use crate::config::UnknownClient;
+        let local = Origin {
+            unknown_family: true,
+            from_address: Some("www-data@example.com"),
+            ..Default::default()
+        };
+        // Default: like OpenDKIM, as if from 127.0.0.1, which internal-hosts holds.
+        let dec = run(&Config::default(), local.clone());
+        assert!(matches!(dec.action, Action::Sign(_)));
+        assert_eq!(dec.reason, Reason::Ours(Trust::LocalSubmission));
+        // Loopback out of internal-hosts: no longer ours.
+        let no_lo = Config {
+            internal_hosts: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Config::default()
+        };
+        assert_eq!(run(&no_lo, local.clone()).reason, Reason::External);
+        let always = Config {
+            unknown_client: UnknownClient::Internal,
+            ..no_lo
+        };
+        assert_eq!(
+            run(&always, local.clone()).reason,
+            Reason::Ours(Trust::LocalSubmission)
+        );
+        let never = Config {
+            unknown_client: UnknownClient::External,
+            ..Config::default()
+        };
+        let dec = run(&never, local.clone());
+        assert!(matches!(dec.action, Action::Verify));
+        assert_eq!(dec.reason, Reason::External);
+        // A unix-socket or unparsable client (no address, family known) is not local.
+        let other = Origin {
+            unknown_family: false,
+            ..local
+        };
+        assert_eq!(run(&Config::default(), other).reason, Reason::External);
     }
 
     #[test]

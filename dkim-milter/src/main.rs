@@ -238,7 +238,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    milter_daemon::logging::init(&state.config.log_level);
+    if let Err(e) = milter_daemon::logging::init(
+        &state.config.log_level,
+        state.config.log_target,
+        state.config.syslog_facility,
+        "dkim-milter",
+    ) {
+        tracing::error!("{e}");
+    }
     state.log_notes();
     let config_path = cli.common.config;
     milter_daemon::run::block_on(async move {

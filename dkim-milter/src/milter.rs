@@ -87,6 +87,7 @@ pub struct DkimMilter {
     metrics: Option<DkimMetrics>,
     leadspc: bool,
     client_addr: Option<IpAddr>,
+    unknown_family: bool,
     daemon_name: Option<String>,
     mta_hostname: Option<String>,
     tx: Option<Transaction>,
@@ -116,6 +117,7 @@ impl DkimMilter {
             metrics: None,
             leadspc: false,
             client_addr: None,
+            unknown_family: false,
             daemon_name: None,
             mta_hostname: None,
             tx: None,
@@ -135,6 +137,7 @@ impl DkimMilter {
                 self.shared.load_full(),
                 Facts {
                     client_addr: self.client_addr,
+                    unknown_family: self.unknown_family,
                     daemon_name: self.daemon_name.clone(),
                     mta_hostname: self.mta_hostname.clone(),
                     auth_type: non_empty(ctx.macro_str("{auth_type}")),
@@ -206,6 +209,7 @@ impl Milter for DkimMilter {
             SocketInfo::Inet { addr, .. } => Some(*addr),
             _ => None,
         };
+        self.unknown_family = matches!(info.socket, SocketInfo::Unknown);
         self.daemon_name = non_empty(ctx.macro_str("{daemon_name}"));
         self.mta_hostname = non_empty(ctx.macro_str("j"));
         self.tx = None;

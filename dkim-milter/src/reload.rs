@@ -119,6 +119,11 @@ impl Reloadable for State {
             ("user", new.user != old.user),
             ("allow-root", new.allow_root != old.allow_root),
             ("metrics-listen", new.metrics_listen != old.metrics_listen),
+            ("log-target", new.log_target != old.log_target),
+            (
+                "syslog-facility",
+                new.syslog_facility != old.syslog_facility,
+            ),
             (
                 "dns-servers (verifier and key checks)",
                 new.dns_servers != old.dns_servers,

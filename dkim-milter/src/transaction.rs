@@ -27,6 +27,8 @@ pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
 pub struct Facts {
     /// Client IP (`None` for local submission).
     pub client_addr: Option<IpAddr>,
+    /// Socket family unknown: the MTA named no client at all (Sendmail `-bs`).
+    pub unknown_family: bool,
     /// `{daemon_name}`.
     pub daemon_name: Option<String>,
     /// `j`: the MTA's own host name (Postfix's `myhostname`), the authserv-id when none
@@ -233,6 +235,7 @@ impl Transaction {
             auth_authen: self.facts.auth_authen.as_deref(),
             daemon_name: self.facts.daemon_name.as_deref(),
             client_addr: self.facts.client_addr,
+            unknown_family: self.facts.unknown_family,
             from_address: self.from.as_deref(),
         };
         let decision = decide(&st.config, &origin, |f| st.keys.lookup(f));

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use milter_daemon::config::{ConfigError, MetricsListen, SocketMode, Span};
+pub use milter_daemon::logging::{LogTarget, SyslogFacility};
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -24,6 +25,12 @@ pub struct Config {
     pub max_connections: usize,
     /// `tracing` filter, e.g. `info` or `spam_milter=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `stderr` (default), `syslog` (`syslog(3)` on `/dev/log` with `syslog-facility`) or
+    /// `journald` (native journal fields). Read at start; a change needs a restart.
+    pub log_target: LogTarget,
+    /// Syslog facility for `log-target = "syslog"` (also the journal's
+    /// `SYSLOG_FACILITY`): `mail` (default, like OpenDKIM), `daemon`, `user`, `local0`–`local7`.
+    pub syslog_facility: SyslogFacility,
     /// Seconds between checks of the config file for changes (SIGHUP reloads at once).
     pub reload_poll_seconds: u64,
     /// Where Prometheus scrapes `GET /metrics`. Unset: no endpoint. Read at start only.
@@ -305,6 +312,8 @@ impl Default for Config {
             socket_mode: None,
             max_connections: 256,
             log_level: "info".into(),
+            log_target: LogTarget::Stderr,
+            syslog_facility: SyslogFacility::Mail,
             reload_poll_seconds: 5,
             metrics_listen: None,
             max_message_size: 20 * 1024 * 1024,

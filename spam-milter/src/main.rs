@@ -33,7 +33,14 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    milter_daemon::logging::init(&state.config.log_level);
+    if let Err(e) = milter_daemon::logging::init(
+        &state.config.log_level,
+        state.config.log_target,
+        state.config.syslog_facility,
+        "spam-milter",
+    ) {
+        tracing::error!("{e}");
+    }
     let config_path = cli.common.config;
     milter_daemon::run::block_on(async move {
         let registry =

@@ -89,6 +89,11 @@ impl Reloadable for State {
                 "max-connections",
                 new.max_connections != old.max_connections,
             ),
+            ("log-target", new.log_target != old.log_target),
+            (
+                "syslog-facility",
+                new.syslog_facility != old.syslog_facility,
+            ),
             (
                 "rspamd upstreams and their timeouts",
                 crate::config::RspamdConfig {

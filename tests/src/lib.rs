@@ -24,7 +24,8 @@
 //!
 //! Environment knobs: `STACK_SANDBOX_BASE` (where sandboxes are created,
 //! default the system temp dir), `STACK_KEEP_SANDBOX=1` (keep sandboxes for
-//! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs).
+//! debugging), `STACK_RSPAMD_CACHE` (rspamd DBDIR shared between runs), `STACK_SENDMAIL_ROOT` (an
+//! unpacked `sendmail-bin`, see [`sendmail`]).
 
 pub mod corpus;
 pub mod daemon;
@@ -38,10 +39,12 @@ pub mod ports;
 pub mod postfix;
 pub mod recorder;
 pub mod rspamd;
+pub mod sendmail;
 pub mod sink;
 pub mod smtp;
 pub mod swaks;
 pub mod sys;
+pub mod syslog;
 pub mod tls;
 
 /// `/usr/bin/python3`: Debian's interpreter, which has `dkim` and `aiosmtpd`

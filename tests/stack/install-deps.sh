@@ -41,6 +41,20 @@ else
   apt-get install -y --no-install-recommends "${missing[@]}"
 fi
 
+# Sendmail 8.17 for the local-submission tests (dkim-milter/tests/sendmail_local.rs):
+# unpacked, never installed, so Postfix's sendmail command stays (tests/src/sendmail.rs
+# downloads it itself when this cache is missing).
+SENDMAIL_ROOT=/var/cache/stack-tests/sendmail-bin
+if [[ ! -x $SENDMAIL_ROOT/usr/libexec/sendmail/sendmail && $(id -u) -eq 0 ]]; then
+  log "unpacking sendmail-bin into $SENDMAIL_ROOT"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download sendmail-bin)
+  dpkg-deb -x "$tmp"/sendmail-bin_*.deb "$tmp/root"
+  mkdir -p "$(dirname "$SENDMAIL_ROOT")"
+  mv "$tmp/root" "$SENDMAIL_ROOT"
+  rm -rf "$tmp"
+fi
+
 # Stop any stock daemon a postinst may have started (only when there is no
 # policy-rc.d preventing it, or on a system with a real init). Only the stock
 # instances are targeted: by their stock pid files and by the stock config path.
