@@ -11,6 +11,9 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::time::Duration;
+
+use milter_core::client::replay::LoadReport;
 use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::negotiate::{Offer, Request};
 use milter_core::server::{BoundAddr, Server, ShutdownHandle};
@@ -19,10 +22,25 @@ use milter_core::{Actions, Envelope, Verdict};
 const BIN: &str = env!("CARGO_BIN_EXE_milter-replay");
 
 /// Adds `X-Sender-Seen: from <sender>`; refuses at the header stage a message whose
-/// Subject is `reject me`. Counts the messages that reached end of message.
+/// Subject is `reject me`. Counts the messages that reached end of message, and the
+/// connections open at once (one `Tagger` per connection).
 struct Tagger {
     sender: String,
     eoms: Arc<AtomicUsize>,
+    conns: Arc<Conns>,
+}
+
+/// Connections open now, and the most that were open at once.
+#[derive(Default)]
+struct Conns {
+    open: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Drop for Tagger {
+    fn drop(&mut self) {
+        self.conns.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Milter for Tagger {
@@ -44,6 +62,8 @@ impl Milter for Tagger {
 
     async fn eom(&mut self, _ctx: &Context<'_>, a: &mut EomActions) -> Verdict {
         self.eoms.fetch_add(1, Ordering::SeqCst);
+        // Long enough that messages of concurrent connections overlap.
+        tokio::time::sleep(EOM_DELAY).await;
         match a.add_header("X-Sender-Seen", format!("from <{}>", self.sender)) {
             Ok(()) => Verdict::Continue,
             Err(_) => Verdict::Tempfail,
@@ -51,9 +71,12 @@ impl Milter for Tagger {
     }
 }
 
+const EOM_DELAY: Duration = Duration::from_millis(20);
+
 struct Running {
     spec: String,
     eoms: Arc<AtomicUsize>,
+    conns: Arc<Conns>,
     shutdown: ShutdownHandle,
 }
 
@@ -77,13 +100,21 @@ async fn start_milter() -> Running {
     let eoms = Arc::new(AtomicUsize::new(0));
     let shutdown = server.shutdown_handle();
     let counter = eoms.clone();
-    tokio::spawn(server.serve(move || Tagger {
-        sender: String::new(),
-        eoms: counter.clone(),
+    let conns = Arc::new(Conns::default());
+    let open = conns.clone();
+    tokio::spawn(server.serve(move || {
+        let now = open.open.fetch_add(1, Ordering::SeqCst) + 1;
+        open.most.fetch_max(now, Ordering::SeqCst);
+        Tagger {
+            sender: String::new(),
+            eoms: counter.clone(),
+            conns: open.clone(),
+        }
     }));
     Running {
         spec: format!("inet:{addr}"),
         eoms,
+        conns,
         shutdown,
     }
 }
@@ -244,16 +275,92 @@ async fn load_mode_reports_rate_and_percentiles() {
     assert_eq!(lines.len(), 1, "{stdout}");
     let line = lines[0];
     assert!(line.starts_with("concurrency 8: 50 messages in "), "{line}");
-    for part in [
-        " msg/s, ",
-        " p50 ",
-        " p90 ",
-        " p99 ",
-        ", 0 errors, 50 accepted, 50 modified",
-    ] {
-        assert!(line.contains(part), "{part:?} missing in {line}");
-    }
+    assert!(
+        line.ends_with(", 0 errors, 50 accepted, 50 modified"),
+        "{line}"
+    );
+    // The figures are figures, and agree with each other.
+    let secs = figure(line, "messages in ", " s");
+    let rate = figure(line, "over connections: ", " msg/s");
+    let p50 = figure(line, "p50 ", " ms");
+    let p90 = figure(line, "p90 ", " ms");
+    let p99 = figure(line, "p99 ", " ms");
+    assert!(
+        (rate * secs - 50.0).abs() <= 0.05 * 50.0 + rate * 0.005,
+        "{rate} msg/s over {secs} s is not 50 messages: {line}"
+    );
+    let floor = EOM_DELAY.as_secs_f64() * 1e3;
+    assert!(
+        floor <= p50 && p50 <= p90 && p90 <= p99,
+        "percentiles out of order or below the milter's {floor} ms: {line}"
+    );
+    // Eight at once, not one after another: the milter saw eight connections open
+    // together, and the run took well under the sequential 50 x 20 ms.
+    assert_eq!(milter.conns.most.load(Ordering::SeqCst), 8, "{line}");
+    assert!(secs < 50.0 * EOM_DELAY.as_secs_f64() / 2.0, "{line}");
     assert_eq!(milter.eoms.load(Ordering::SeqCst), 50);
+}
+
+/// The number between `before` and the next `after` in `line`.
+fn figure(line: &str, before: &str, after: &str) -> f64 {
+    let start = line.find(before).map(|i| i + before.len());
+    let value = start.and_then(|s| line[s..].find(after).map(|e| &line[s..s + e]));
+    value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number between {before:?} and {after:?} in {line}"))
+}
+
+fn report(latencies_ms: &[u64]) -> LoadReport {
+    LoadReport {
+        completed: latencies_ms.len(),
+        errors: 0,
+        error_samples: Vec::new(),
+        accepted: 0,
+        modified: 0,
+        elapsed: Duration::from_secs(1),
+        latencies: latencies_ms
+            .iter()
+            .map(|&m| Duration::from_millis(m))
+            .collect(),
+    }
+}
+
+/// Nearest rank: the smallest latency with at least p % of them at or below it.
+#[test]
+fn percentile_is_the_nearest_rank() {
+    let ms = Duration::from_millis;
+    let hundred: Vec<u64> = (1..=100).collect();
+    let r = report(&hundred);
+    for (p, want) in [
+        (0.0, 1),
+        (1.0, 1),
+        (50.0, 50),
+        (90.0, 90),
+        (99.0, 99),
+        (99.5, 100),
+        (100.0, 100),
+    ] {
+        assert_eq!(r.percentile(p), ms(want), "p{p}");
+    }
+    let r = report(&[10, 20, 30]);
+    for (p, want) in [
+        (0.0, 10),
+        (33.0, 10),
+        (34.0, 20),
+        (50.0, 20),
+        (66.7, 30),
+        (90.0, 30),
+        (100.0, 30),
+    ] {
+        assert_eq!(r.percentile(p), ms(want), "p{p} of three");
+    }
+    assert_eq!(report(&[7]).percentile(50.0), ms(7));
+    assert_eq!(report(&[]).percentile(50.0), Duration::ZERO);
+    let line = report(&hundred).summary();
+    assert!(
+        line.contains("100.0 msg/s, p50 50.00 ms, p90 90.00 ms, p99 99.00 ms"),
+        "{line}"
+    );
 }
 
 #[tokio::test]

@@ -14,15 +14,29 @@ use milter_core::{Actions, Command, Modification, Reply, Verdict};
 use server_support::{Raw, Tagger, assert_served, start, wait_for_log};
 use tokio::io::AsyncReadExt;
 
+/// Per-phase timeouts far enough apart (400 ms) that a phase closed after another
+/// phase's timeout is told apart even on a loaded machine.
 fn short_timeouts() -> Timeouts {
     Timeouts {
         negotiation: Duration::from_millis(300),
-        command: Duration::from_millis(300),
-        content: Duration::from_millis(300),
-        idle: Duration::from_millis(300),
+        command: Duration::from_millis(700),
+        content: Duration::from_millis(1100),
+        idle: Duration::from_millis(1500),
         callback: Duration::from_secs(30),
         progress_interval: Duration::from_millis(100),
     }
+}
+
+/// Waits for the server to close `c` and checks that it waited `want`: not less (a
+/// shorter phase's timeout) and not as long as the next longer phase's.
+async fn assert_closed_after(c: &mut Raw, want: Duration, phase: &str) {
+    let started = tokio::time::Instant::now();
+    c.expect_eof().await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= want - Duration::from_millis(20) && waited < want + Duration::from_millis(350),
+        "{phase} phase: closed after {waited:?}, its timeout is {want:?}"
+    );
 }
 
 #[test]
@@ -60,6 +74,30 @@ impl Milter for Slow {
     }
 }
 
+/// How many connections wait in the accept queue of the listening socket on `addr`, as
+/// Linux reports it in `/proc/net/tcp` (for a LISTEN socket, `rx_queue` is the accept
+/// backlog). Read from procfs because no tool or socket option tells it portably.
+fn accept_queue_len(addr: std::net::SocketAddr) -> u64 {
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 expected: {addr}");
+    };
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // sl, local_address, rem_address, st, tx_queue:rx_queue, ...; 0A is LISTEN.
+        if f.len() > 4 && f[1] == local && f[3] == "0A" {
+            let rx = f[4].split(':').nth(1).expect("tx:rx");
+            return u64::from_str_radix(rx, 16).expect("hex rx_queue");
+        }
+    }
+    panic!("no listening socket {local} in /proc/net/tcp:\n{table}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_server_stops_accepting_instead_of_dropping() {
     let (addr, shutdown, task) = start(Server::builder().max_connections(1), || Tagger).await;
@@ -77,10 +115,18 @@ async fn full_server_stops_accepting_instead_of_dropping() {
         waited.is_err(),
         "second connection must wait, got {waited:?}"
     );
+    // Not merely unanswered: the kernel still holds it in the listener's accept queue,
+    // so the server has not accepted it.
+    assert_eq!(
+        accept_queue_len(addr),
+        1,
+        "second connection not in the accept queue"
+    );
     // Freeing the slot lets the waiting connection in, with its offer intact.
     first.send(&Command::Quit).await;
     first.expect_eof().await;
     assert!(matches!(second.reply().await, Some(Reply::OptNeg(_))));
+    assert_eq!(accept_queue_len(addr), 0);
     drop(second);
     shutdown.shutdown();
     task.await.expect("server");
@@ -88,13 +134,11 @@ async fn full_server_stops_accepting_instead_of_dropping() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_peer_times_out_in_negotiation() {
-    let (addr, shutdown, task) =
-        start(Server::builder().timeouts(short_timeouts()), || Tagger).await;
+    let t = short_timeouts();
+    let (addr, shutdown, task) = start(Server::builder().timeouts(t), || Tagger).await;
     let mut c = Raw::connect(addr).await;
     let peer = c.local();
-    let started = tokio::time::Instant::now();
-    c.expect_eof().await;
-    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_closed_after(&mut c, t.negotiation, "negotiation").await;
     wait_for_log(&[
         &format!("peer={peer}"),
         "silent too long in the negotiation phase",
@@ -104,47 +148,74 @@ async fn silent_peer_times_out_in_negotiation() {
     task.await.expect("server");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_content_timeouts() {
-    let (addr, shutdown, task) =
-        start(Server::builder().timeouts(short_timeouts()), || Tagger).await;
-    // Between messages.
-    let mut idle = Raw::connect(addr).await;
-    let idle_peer = idle.local();
-    idle.handshake().await;
-    idle.expect_eof().await;
-    wait_for_log(&[
-        &format!("peer={idle_peer}"),
-        "silent too long in the idle phase",
-    ])
-    .await;
-    // Inside the content: after DATA and a header, the MTA goes quiet.
-    let mut content = Raw::connect(addr).await;
-    let content_peer = content.local();
-    content.handshake().await;
-    for c in [
-        Command::Mail(milter_core::Envelope {
-            address: Bytes::from_static(b"<a@example.org>"),
-            args: vec![],
-        }),
-        Command::Rcpt(milter_core::Envelope {
-            address: Bytes::from_static(b"<b@example.org>"),
-            args: vec![],
-        }),
-        Command::Data,
-    ] {
-        content.send(&c).await;
-        assert_eq!(
-            content.reply().await,
-            Some(Reply::Verdict(Verdict::Continue))
-        );
+fn envelope(address: &'static [u8]) -> milter_core::Envelope {
+    milter_core::Envelope {
+        address: Bytes::from_static(address),
+        args: vec![],
     }
-    content.expect_eof().await;
-    wait_for_log(&[
-        &format!("peer={content_peer}"),
-        "silent too long in the content phase",
-    ])
-    .await;
+}
+
+/// Sends each command and expects CONTINUE for it.
+async fn send_continued(c: &mut Raw, commands: Vec<Command>) {
+    for cmd in commands {
+        c.send(&cmd).await;
+        assert_eq!(c.reply().await, Some(Reply::Verdict(Verdict::Continue)));
+    }
+}
+
+/// Each phase the MTA can go silent in closes the connection after that phase's own
+/// timeout (all four differ, so a phase that used another's would fail here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_content_and_idle_timeouts() {
+    let t = short_timeouts();
+    let (addr, shutdown, task) = start(Server::builder().timeouts(t), || Tagger).await;
+    // Between messages.
+    let idle = async {
+        let mut c = Raw::connect(addr).await;
+        let peer = c.local();
+        c.handshake().await;
+        assert_closed_after(&mut c, t.idle, "idle").await;
+        peer
+    };
+    // Inside the envelope: after MAIL the MTA goes quiet.
+    let command = async {
+        let mut c = Raw::connect(addr).await;
+        let peer = c.local();
+        c.handshake().await;
+        send_continued(&mut c, vec![Command::Mail(envelope(b"<a@example.org>"))]).await;
+        assert_closed_after(&mut c, t.command, "command").await;
+        peer
+    };
+    // Inside the content: after DATA, the MTA goes quiet.
+    let content = async {
+        let mut c = Raw::connect(addr).await;
+        let peer = c.local();
+        c.handshake().await;
+        send_continued(
+            &mut c,
+            vec![
+                Command::Mail(envelope(b"<a@example.org>")),
+                Command::Rcpt(envelope(b"<b@example.org>")),
+                Command::Data,
+            ],
+        )
+        .await;
+        assert_closed_after(&mut c, t.content, "content").await;
+        peer
+    };
+    // Concurrently, so the test takes the longest timeout, not their sum.
+    let (idle_peer, command_peer, content_peer) = tokio::join!(idle, command, content);
+    for (peer, phase) in [
+        (idle_peer, "idle"),
+        (command_peer, "command"),
+        (content_peer, "content"),
+    ] {
+        wait_for_log(&[
+            &format!("peer={peer}"),
+            &format!("silent too long in the {phase} phase"),
+        ])
+        .await;
+    }
     shutdown.shutdown();
     task.await.expect("server");
 }
@@ -283,7 +354,7 @@ async fn shutdown_keeps_serving_open_sessions_until_they_quit() {
         .await
         .expect("server stops once the sessions quit")
         .expect("server");
-    wait_for_log(&["server stopped"]).await;
+    wait_for_log(&[&format!("server{{addr={addr}}}"), "server stopped"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

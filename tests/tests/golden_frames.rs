@@ -1,6 +1,7 @@
 //! Records what a real Postfix 3.7 sends a milter (the golden frames under
-//! `milter-core/tests/golden/`). Always checks the recorded command sequence;
-//! with `STACK_WRITE_GOLDEN=1` it also (re)writes the golden files.
+//! `milter-core/tests/golden/`). Always checks the recorded command sequence and
+//! compares the fresh frames with the golden files (what varies between runs masked, see
+//! [`comparable`]); with `STACK_WRITE_GOLDEN=1` it (re)writes the golden files instead.
 
 use stack_tests::postfix::Postfix;
 use stack_tests::recorder::MilterRecorder;
@@ -24,7 +25,7 @@ fn golden_dir() -> PathBuf {
 }
 
 fn save(name: &str, bytes: &[u8], summary: &str) -> anyhow::Result<()> {
-    if std::env::var("STACK_WRITE_GOLDEN").is_ok_and(|v| v == "1") {
+    if writing() {
         let dir = golden_dir();
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join(format!("{name}.bin")), bytes)?;
@@ -174,7 +175,99 @@ fn postfix37_milter_sessions_are_recorded() -> anyhow::Result<()> {
             "{name}: recorded command sequence:\n{}",
             rec.summary()
         );
-        save(name, &rec.connection_bytes(n)?, &conn_summary(rec, n))?;
+        let fresh = rec.connection_bytes(n)?;
+        if !writing() {
+            let recorded = std::fs::read(golden_dir().join(format!("{name}.bin")))?;
+            let (want, got) = (comparable(&recorded)?, comparable(&fresh)?);
+            if let Some(diff) = first_difference(&got, &want) {
+                panic!(
+                    "{name}: fresh frames differ from the golden file ({} fresh, {} recorded; \
+                     rerun with STACK_WRITE_GOLDEN=1 if Postfix really changed):\n{diff}",
+                    got.len(),
+                    want.len()
+                );
+            }
+        }
+        save(name, &fresh, &conn_summary(rec, n))?;
     }
     Ok(())
+}
+
+/// The first frame where `got` and `want` differ, both shown (cut to 300 characters).
+fn first_difference(got: &[String], want: &[String]) -> Option<String> {
+    let cut = |s: Option<&String>| -> String {
+        s.map_or("(none)".into(), |s| s.chars().take(300).collect())
+    };
+    (0..got.len().max(want.len()))
+        .find(|&i| got.get(i) != want.get(i))
+        .map(|i| {
+            format!(
+                "frame {i}:\n  fresh:    {}\n  recorded: {}",
+                cut(got.get(i)),
+                cut(want.get(i))
+            )
+        })
+}
+
+fn writing() -> bool {
+    std::env::var("STACK_WRITE_GOLDEN").is_ok_and(|v| v == "1")
+}
+
+/// Header fields whose value differs between runs (dates, queue ids, the TLS session).
+const VARYING_HEADERS: &[&str] = &["date", "received", "message-id"];
+
+/// Each frame of a recorded byte stream as text, with what differs between two runs of
+/// the same session masked: macro values (queue ids, ports, TLS details), the client's
+/// hostname and port in CONNECT and the values of [`VARYING_HEADERS`]. Everything else (the frames in
+/// order, the negotiation offer, macro names, header names and values, envelope
+/// addresses and arguments, body chunks byte for byte) must match the golden file.
+fn comparable(stream: &[u8]) -> anyhow::Result<Vec<String>> {
+    use milter_core::wire::FrameDecoder;
+    let decoder = FrameDecoder::new(1 << 20);
+    let mut buf = bytes::BytesMut::from(stream);
+    let mut out = Vec::new();
+    let show = |b: &[u8]| format!("{:?}", String::from_utf8_lossy(b));
+    while let Some(f) = decoder.decode_eof(&mut buf)? {
+        let p = &f.payload[..];
+        let fields: Vec<&[u8]> = p.split(|&b| b == 0).collect();
+        let line = match f.code {
+            b'D' => {
+                // Command code, then name/value pairs: keep the names.
+                let (cmd, pairs) = p.split_first().unwrap_or((&0, &[]));
+                let names: Vec<String> = pairs
+                    .split(|&b| b == 0)
+                    .step_by(2)
+                    .filter(|n| !n.is_empty())
+                    .map(show)
+                    .collect();
+                format!("D {} {}", *cmd as char, names.join(" "))
+            }
+            b'C' => {
+                // hostname NUL, family, port (2 bytes), address NUL. The hostname is what
+                // the machine's reverse lookup gave (`localhost` when recorded, `[127.0.0.1]`
+                // with the hermetic DNS), the port the client's: both masked.
+                let host = fields.first().copied().unwrap_or_default();
+                let rest = p.get(host.len() + 1..).unwrap_or_default();
+                let family = rest.first().copied().unwrap_or(0) as char;
+                let addr = rest.get(3..).unwrap_or_default();
+                format!("C (host) {family} port {}", show(addr))
+            }
+            b'L' => {
+                let name = fields.first().copied().unwrap_or_default();
+                let varying = VARYING_HEADERS
+                    .iter()
+                    .any(|v| name.eq_ignore_ascii_case(v.as_bytes()));
+                let value = if varying {
+                    "(varies)".to_string()
+                } else {
+                    show(fields.get(1).copied().unwrap_or_default())
+                };
+                format!("L {} {value}", show(name))
+            }
+            code => format!("{} {}", code as char, show(p)),
+        };
+        out.push(line);
+    }
+    anyhow::ensure!(buf.is_empty(), "{} trailing bytes", buf.len());
+    Ok(out)
 }

@@ -107,9 +107,15 @@ where
         other => panic!("unexpected address {other:?}"),
     };
     let handle = server.shutdown_handle();
-    let task = tokio::spawn(async move {
-        server.serve(factory).await.expect("serve");
-    });
+    // Every line the server task logs carries `server{addr=...}`, so a test can tell its
+    // own server's lines (e.g. "server stopped") from those of tests running beside it.
+    let span = tracing::info_span!("server", addr = %addr);
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            server.serve(factory).await.expect("serve");
+        },
+        span,
+    ));
     (addr, handle, task)
 }
 
