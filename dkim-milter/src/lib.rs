@@ -4,6 +4,7 @@
 //! to milter-core's handler API.
 
 pub mod address;
+pub mod bodyhash;
 pub mod config;
 pub mod decision;
 pub mod keygen;

@@ -16,7 +16,7 @@ use crate::config::OnKeyError;
 use crate::decision::{Action, Decision, Origin, Reason, decide};
 use crate::reload::State;
 use crate::sign::MessageSigner;
-use crate::verify::{ForgedArTracker, MAX_FORGED_AR, MessageBuffer, Verifier};
+use crate::verify::{ForgedArTracker, MAX_FORGED_AR, MessageVerifier, Verifier};
 
 /// Header bytes buffered before the decision (the MTA bounds each field; this bounds
 /// their sum).
@@ -43,7 +43,7 @@ pub struct Facts {
 enum Work {
     Collecting,
     Signing(MessageSigner),
-    Verifying(MessageBuffer),
+    Verifying(MessageVerifier),
     /// The header block was larger than [`MAX_HEADER_BYTES`]: neither.
     TooBig,
     Nothing,
@@ -250,11 +250,8 @@ impl Transaction {
                     Work::Signing(s)
                 }
                 Action::Verify => {
-                    let mut b = MessageBuffer::new(st.config.verify_max_message_size);
-                    for (n, v) in &self.headers {
-                        b.header(n, v);
-                    }
-                    Work::Verifying(b)
+                    let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+                    Work::Verifying(MessageVerifier::new(headers, st.config.max_signatures))
                 }
                 Action::Neither | Action::KeyError => Work::Nothing,
             }
@@ -365,23 +362,24 @@ impl Transaction {
                 }
             },
             Work::Verifying(b) => {
-                let sigs = b.signature_count();
                 let authserv = self.authserv_id.clone();
-                let report = match (b.finish(), verifier) {
-                    (Some(raw), Some(v)) => Some(v.verify(&raw, &authserv).await),
-                    (None, Some(v)) => Some(v.report_skipped(
-                        sigs,
-                        "message larger than verify-max-message-size",
-                        &authserv,
-                    )),
-                    (_, None) => None,
+                let report = match verifier {
+                    Some(v) => Some(v.verify_streamed(b.finish(), &authserv).await),
+                    None => None,
                 };
                 out.tally.not_signed = Some(NotSigned::of(&reason));
                 if let Some(r) = &report {
-                    out.tally.verified = if r.results.is_empty() {
+                    // Signatures not evaluated (over max-signatures) are not counted.
+                    let evaluated: Vec<&'static str> = r
+                        .results
+                        .iter()
+                        .map(|s| s.result)
+                        .filter(|r| *r != "policy")
+                        .collect();
+                    out.tally.verified = if evaluated.is_empty() {
                         vec!["none"]
                     } else {
-                        r.results.iter().map(|s| s.result).collect()
+                        evaluated
                     };
                 }
                 match report {
