@@ -606,6 +606,22 @@ selectors = ["2025", "ed"]
     }
 
     #[test]
+    fn verification_limits() {
+        let c = p("").unwrap();
+        assert_eq!((c.max_signatures, c.minimum_key_bits), (10, 1024));
+        let c = p("max-signatures = 3\nminimum-key-bits = 2048").unwrap();
+        assert_eq!((c.max_signatures, c.minimum_key_bits), (3, 2048));
+        assert!(p("max-signatures = 0").is_err());
+        // Deprecated, still accepted (and ignored).
+        assert_eq!(
+            p("verify-max-message-size = 1000")
+                .unwrap()
+                .verify_max_message_size,
+            Some(1000)
+        );
+    }
+
+    #[test]
     fn dns_servers_and_timeout() {
         let c = p("").unwrap();
         assert_eq!(c.dns_servers, None);

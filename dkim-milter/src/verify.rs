@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 use mail_auth::crypto::{Algorithm, CryptoError};
 use mail_auth::dkim::{DkimError, DomainKey, Signature, VerifySignature};
 use mail_auth::dns::ToFqdn;
-use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::dns::TxtRecordParser;
 use mail_auth::headers::HeaderWriter;
 use mail_auth::hickory_resolver::config::{
     NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, Error, DnsCache, MessageAuthenticator, Mx,
-    Negative, RecordSet, ResolverCache, TxtRecord,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DnsCache, Error,
+    MessageAuthenticator, Mx, Negative, RecordSet, ResolverCache, TxtRecord,
 };
 
 use crate::bodyhash::{BodyDigest, BodyHashKey, BodyHasher};
@@ -378,10 +378,8 @@ impl Verifier {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
             return unparsable(authserv_id);
         };
-        let mut mv = MessageVerifier::from_header_block(
-            msg.raw_headers().to_vec(),
-            DEFAULT_MAX_SIGNATURES,
-        );
+        let mut mv =
+            MessageVerifier::from_header_block(msg.raw_headers().to_vec(), DEFAULT_MAX_SIGNATURES);
         mv.body(msg.raw_body());
         self.verify_streamed(mv.finish(), authserv_id).await
     }
@@ -545,13 +543,23 @@ impl Verifier {
     /// The TXT records at `name`, each record's strings joined, as mail-auth joins them.
     async fn resolver_txt(&self, name: &str) -> Result<(Vec<Vec<u8>>, Instant), ()> {
         let name = Name::from_str_relaxed(name).map_err(|_| ())?;
-        let lookup = self.auth.resolver().txt_lookup(name).await.map_err(|_| ())?;
+        let lookup = self
+            .auth
+            .resolver()
+            .txt_lookup(name)
+            .await
+            .map_err(|_| ())?;
         let until = lookup.valid_until();
         let records = lookup
             .answers()
             .iter()
             .filter_map(|r| match &r.data {
-                RData::TXT(txt) => Some(txt.txt_data.iter().flat_map(|c| c.iter().copied()).collect()),
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|c| c.iter().copied())
+                        .collect(),
+                ),
                 _ => None,
             })
             .collect();
@@ -807,9 +815,7 @@ mod tests {
     #[test]
     fn header_block_as_delivered_and_one_hasher_per_kind() {
         let sig = |c: &str, a: &str| {
-            format!(
-                " v=1; a={a}; c={c}; d=example.com; s=s;\n\th=from; bh=AAAA; b=AAAA"
-            )
+            format!(" v=1; a={a}; c={c}; d=example.com; s=s;\n\th=from; bh=AAAA; b=AAAA")
         };
         let (s1, s2, s3) = (
             sig("relaxed/relaxed", "rsa-sha256"),
