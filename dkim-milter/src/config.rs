@@ -316,8 +316,16 @@ pub struct Config {
     /// Headers signed once more than present (From by default): nobody can add one,
     /// present or not (OpenDKIM's `OversignHeaders`).
     pub oversign_headers: Vec<String>,
-    /// Largest message (bytes) buffered for verification; larger ones are passed unverified.
-    pub verify_max_message_size: usize,
+    /// DEPRECATED, ignored: verification streams the body (memory does not grow with the
+    /// message), so there is no size limit any more. Still accepted, with a warning.
+    pub verify_max_message_size: Option<u64>,
+    /// DKIM-Signature fields verified per message, in header order; further ones are not
+    /// evaluated (A-R `dkim=policy`, and a log line). Each costs a key lookup and an RSA
+    /// check, so this bounds what one message can make us do. Default 10.
+    pub max_signatures: usize,
+    /// RSA keys shorter than this many bits fail verification (OpenDKIM `MinimumKeyBits`).
+    /// Default 1024.
+    pub minimum_key_bits: usize,
     /// `tracing` filter, e.g. `info` or `dkim_milter=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
     /// `stderr` (default), `syslog` (`syslog(3)` on `/dev/log` with `syslog-facility`) or
@@ -411,7 +419,9 @@ impl Default for Config {
             key_permissions: KeyPermissions::Refuse,
             sign_headers: DEFAULT_SIGN_HEADERS.iter().map(|s| s.to_string()).collect(),
             oversign_headers: vec!["From".into()],
-            verify_max_message_size: 10 * 1024 * 1024,
+            verify_max_message_size: None,
+            max_signatures: crate::verify::DEFAULT_MAX_SIGNATURES,
+            minimum_key_bits: crate::verify::DEFAULT_MINIMUM_KEY_BITS,
             log_level: "info".into(),
             log_target: LogTarget::Stderr,
             syslog_facility: SyslogFacility::Mail,
@@ -518,6 +528,18 @@ impl Config {
         }
         if self.dns_timeout.get().is_zero() {
             return Err(bad("dns-timeout must be longer than 0".into()));
+        }
+        if self.max_signatures == 0 {
+            return Err(bad(
+                "max-signatures must be at least 1 (use mode = \"sign\" to not verify)".into(),
+            ));
+        }
+        if self.verify_max_message_size.is_some() {
+            tracing::warn!(
+                "{}: verify-max-message-size is deprecated and ignored: verification streams \
+                 the body, so messages of any size are verified",
+                path.display()
+            );
         }
         for (d, dc) in &self.domain {
             if dc.selectors.len() > 2 {
@@ -670,6 +692,22 @@ selectors = ["2025", "ed"]
         assert!(e.to_string().contains("`dns-strict`"), "{e}");
         let e = p("key-recheck-seconds = 0").unwrap_err();
         assert!(e.to_string().contains("key-recheck-seconds"), "{e}");
+    }
+
+    #[test]
+    fn verification_limits() {
+        let c = p("").unwrap();
+        assert_eq!((c.max_signatures, c.minimum_key_bits), (10, 1024));
+        let c = p("max-signatures = 3\nminimum-key-bits = 2048").unwrap();
+        assert_eq!((c.max_signatures, c.minimum_key_bits), (3, 2048));
+        assert!(p("max-signatures = 0").is_err());
+        // Deprecated, still accepted (and ignored).
+        assert_eq!(
+            p("verify-max-message-size = 1000")
+                .unwrap()
+                .verify_max_message_size,
+            Some(1000)
+        );
     }
 
     #[test]

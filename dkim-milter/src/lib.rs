@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod address;
+pub mod bodyhash;
 pub mod config;
 pub mod decision;
 pub mod keygen;

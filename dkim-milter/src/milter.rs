@@ -319,7 +319,9 @@ pub fn build_verifier(config: &Config) -> Result<Option<Verifier>, ServeError> {
             p.display()
         );
     }
-    Ok(Some(Verifier::with_authenticator(auth, caches)))
+    Ok(Some(
+        Verifier::with_authenticator(auth, caches).with_minimum_key_bits(config.minimum_key_bits),
+    ))
 }
 
 /// Serves the milter protocol with the shared state until SIGTERM/SIGINT (or `shutdown`),

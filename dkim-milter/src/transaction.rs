@@ -16,7 +16,7 @@ use crate::config::OnKeyError;
 use crate::decision::{Action, Decision, Origin, Reason, decide};
 use crate::reload::State;
 use crate::sign::MessageSigner;
-use crate::verify::{ForgedArTracker, MAX_FORGED_AR, MessageBuffer, Verifier};
+use crate::verify::{ForgedArTracker, MAX_FORGED_AR, MessageVerifier, Verifier};
 
 /// Header bytes buffered before the decision (the MTA bounds each field; this bounds
 /// their sum).
@@ -45,7 +45,7 @@ pub struct Facts {
 enum Work {
     Collecting,
     Signing(MessageSigner),
-    Verifying(MessageBuffer),
+    Verifying(MessageVerifier),
     /// The header block was larger than [`MAX_HEADER_BYTES`]: neither.
     TooBig,
     Nothing,
@@ -253,11 +253,8 @@ impl Transaction {
                     Work::Signing(s)
                 }
                 Action::Verify => {
-                    let mut b = MessageBuffer::new(st.config.verify_max_message_size);
-                    for (n, v) in &self.headers {
-                        b.header(n, v);
-                    }
-                    Work::Verifying(b)
+                    let headers = self.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()));
+                    Work::Verifying(MessageVerifier::new(headers, st.config.max_signatures))
                 }
                 Action::Neither | Action::KeyError => Work::Nothing,
             }
@@ -368,23 +365,24 @@ impl Transaction {
                 }
             },
             Work::Verifying(b) => {
-                let sigs = b.signature_count();
                 let authserv = self.authserv_id.clone();
-                let report = match (b.finish(), verifier) {
-                    (Some(raw), Some(v)) => Some(v.verify(&raw, &authserv).await),
-                    (None, Some(v)) => Some(v.report_skipped(
-                        sigs,
-                        "message larger than verify-max-message-size",
-                        &authserv,
-                    )),
-                    (_, None) => None,
+                let report = match verifier {
+                    Some(v) => Some(v.verify_streamed(b.finish(), &authserv).await),
+                    None => None,
                 };
                 out.tally.not_signed = Some(NotSigned::of(&reason));
                 if let Some(r) = &report {
-                    out.tally.verified = if r.results.is_empty() {
+                    // Signatures not evaluated (over max-signatures) are not counted.
+                    let evaluated: Vec<&'static str> = r
+                        .results
+                        .iter()
+                        .map(|s| s.result)
+                        .filter(|r| *r != "policy")
+                        .collect();
+                    out.tally.verified = if evaluated.is_empty() {
                         vec!["none"]
                     } else {
-                        r.results.iter().map(|s| s.result).collect()
+                        evaluated
                     };
                 }
                 match report {
@@ -593,6 +591,81 @@ mod tests {
         v.caches()
             .insert_dkim_key(name, rec, std::time::Duration::from_secs(60));
         v
+    }
+
+    /// Signs a message twice (two signatures on top); returns the raw message and record.
+    async fn twice_signed(dir: &Path) -> (Vec<u8>, String) {
+        let rec = crate::keys::tests::opendkim_genkey(dir, "example.com", "sel");
+        let st = state(dir, |_| {});
+        let headers = [("From", " Joe <joe@example.com>"), ("Subject", " hi")];
+        let mut top: Vec<(&'static str, String)> = Vec::new();
+        for _ in 0..2 {
+            let mut tx = Transaction::new(
+                st.clone(),
+                Facts {
+                    auth_type: Some("PLAIN".into()),
+                    ..Facts::default()
+                },
+                true,
+            );
+            let mut hs: Vec<(&str, &str)> =
+                top.iter().rev().map(|(n, v)| (*n, v.as_str())).collect();
+            hs.extend(headers);
+            feed(&mut tx, &hs, b"Hello\r\n");
+            let out = tx.end_of_message(None).await;
+            top.extend(out.insert_top);
+        }
+        (assemble(&top, &headers, b"Hello\r\n"), rec)
+    }
+
+    #[tokio::test]
+    async fn minimum_key_bits_and_max_signatures() {
+        let t = tempfile::tempdir().unwrap();
+        let (raw, rec) = twice_signed(t.path()).await;
+        let name = "sel._domainkey.example.com";
+        let rep = verifier(name, &rec).verify(&raw, "mx.test").await;
+        let got: Vec<&str> = rep.results.iter().map(|r| r.result).collect();
+        assert_eq!(got, ["pass", "pass"], "{rep:?}");
+
+        // A 2048-bit key under minimum-key-bits 4096 fails.
+        let rep = verifier(name, &rec)
+            .with_minimum_key_bits(4096)
+            .verify(&raw, "mx.test")
+            .await;
+        assert_eq!(rep.results[0].result, "fail", "{rep:?}");
+        assert!(
+            rep.results[0]
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("2048 bits is shorter than minimum-key-bits 4096")),
+            "{rep:?}"
+        );
+
+        // max-signatures 1: the second is not evaluated, and the A-R says so.
+        let (head, body) = raw.split_at(raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+        let msg = mail_auth::AuthenticatedMessage::parse(head).unwrap();
+        let hs: Vec<(String, Vec<u8>)> = msg
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                let v = v.strip_suffix(b"\r\n").unwrap_or(v);
+                (String::from_utf8_lossy(n).into_owned(), v.to_vec())
+            })
+            .collect();
+        let mut mv = MessageVerifier::new(hs.iter().map(|(n, v)| (n.as_str(), v.as_slice())), 1);
+        mv.body(body);
+        let rep = verifier(name, &rec)
+            .verify_streamed(mv.finish(), "mx.test")
+            .await;
+        let got: Vec<&str> = rep.results.iter().map(|r| r.result).collect();
+        assert_eq!(got, ["pass", "policy"], "{rep:?}");
+        assert!(
+            rep.auth_results.ends_with(
+                ";\n\tdkim=policy (not evaluated: over max-signatures 1) header.d=example.com header.s=sel"
+            ),
+            "{}",
+            rep.auth_results
+        );
     }
 
     #[tokio::test]

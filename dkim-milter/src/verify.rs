@@ -1,27 +1,35 @@
-//! Inbound verification: buffer the message (bounded), verify with mail-auth, build
-//! `Authentication-Results`, and spot forged A-R headers that claim our authserv-id.
+//! Inbound verification in bounded memory: keep the header block, hash the body as it
+//! streams past (one hash per distinct `c=`/`a=`/`l=`), then check each signature with
+//! mail-auth's parser, key records and A-R writer; also spot forged A-R headers that
+//! claim our authserv-id.
 //!
-//! mail-auth has no streaming verifier, so the message is kept whole up to
-//! `verify-max-message-size`; past that we stop buffering and report `neutral`/`none`.
+//! mail-auth 0.15.1 verifies only whole messages (`AuthenticatedMessage::parse` computes
+//! body hashes from the raw body, and its verifier, key bytes and incremental body hasher
+//! are crate-private), so the steps after the body hash (AUID rule, signature check with
+//! aws-lc) are done here, in mail-auth's order and with its error values.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mail_auth::dkim::DomainKey;
+use mail_auth::crypto::{Algorithm, CryptoError};
+use mail_auth::dkim::{DkimError, DomainKey, Signature, VerifySignature};
+use mail_auth::dns::ToFqdn;
 use mail_auth::dns::TxtRecordParser;
 use mail_auth::headers::HeaderWriter;
 use mail_auth::hickory_resolver::config::{
     NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
 };
+use mail_auth::hickory_resolver::proto::rr::{Name, RData};
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DnsCache, MessageAuthenticator, Mx,
-    Negative, Parameters, RecordSet, ResolverCache, TxtRecord,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DnsCache, Error,
+    MessageAuthenticator, Mx, Negative, RecordSet, ResolverCache, TxtRecord,
 };
 
+use crate::bodyhash::{BodyDigest, BodyHashKey, BodyHasher};
 use crate::config::DnsServer;
 use crate::sign::milter_value;
 
@@ -80,6 +88,7 @@ type Answer<T> = Result<RecordSet<T>, Negative>;
 /// The five caches mail-auth wants; only TXT matters for DKIM.
 pub struct Caches {
     txt: BoundedCache<Box<str>, TxtRecord>,
+    keys: BoundedCache<Box<str>, Arc<RawKey>>,
     mx: BoundedCache<Box<str>, Answer<Mx>>,
     ipv4: BoundedCache<Box<str>, Answer<Ipv4Addr>>,
     ipv6: BoundedCache<Box<str>, Answer<Ipv6Addr>>,
@@ -91,6 +100,7 @@ impl Caches {
     pub fn new(max_entries: usize) -> Caches {
         Caches {
             txt: BoundedCache::new(max_entries),
+            keys: BoundedCache::new(max_entries),
             mx: BoundedCache::new(16),
             ipv4: BoundedCache::new(16),
             ipv6: BoundedCache::new(16),
@@ -101,11 +111,22 @@ impl Caches {
     /// Pre-fills a DKIM key record, e.g. `("sel._domainkey.example.com", "v=DKIM1; k=rsa; p=…")`.
     pub fn insert_dkim_key(&self, name: &str, record: &str, ttl: Duration) {
         let fqdn = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
-        self.txt.insert(
-            fqdn.into_boxed_str(),
-            TxtRecord::from(DomainKey::parse(record.as_bytes())),
-            Instant::now() + ttl,
-        );
+        self.insert_records(&fqdn, &[record.as_bytes().to_vec()], Instant::now() + ttl);
+    }
+
+    /// Caches one DNS answer at `fqdn`: mail-auth's parse of it (the first record that
+    /// parses, else the error) and that record's key bytes.
+    fn insert_records(&self, fqdn: &str, records: &[Vec<u8>], until: Instant) {
+        let parsed = DomainKey::parse_records(records);
+        if parsed.is_ok()
+            && let Some(raw) = records
+                .iter()
+                .find(|r| DomainKey::parse(r).is_ok())
+                .and_then(|r| RawKey::parse(r))
+        {
+            self.keys.insert(fqdn.into(), Arc::new(raw), until);
+        }
+        self.txt.insert(fqdn.into(), TxtRecord::from(parsed), until);
     }
 }
 
@@ -132,78 +153,86 @@ impl DnsCache for Caches {
     }
 }
 
-/// Collects a message for verification, up to a size limit.
+/// RSA keys shorter than this fail verification unless configured (`minimum-key-bits`),
+/// as OpenDKIM's `MinimumKeyBits` default.
+pub const DEFAULT_MINIMUM_KEY_BITS: usize = 1024;
+
+/// Most DKIM-Signature fields verified per message unless configured (`max-signatures`),
+/// as Rspamd's and glts dkim-milter's default.
+pub const DEFAULT_MAX_SIGNATURES: usize = 10;
+
+/// One message's verification in progress: the header block (bounded by the caller,
+/// see `transaction::MAX_HEADER_BYTES`) and one running body hash per distinct
+/// (`c=`, hash, `l=`) of the first `max_signatures` signatures. The body itself is never
+/// kept, so memory does not grow with the message.
 #[derive(Debug)]
-pub struct MessageBuffer {
-    buf: Vec<u8>,
-    limit: usize,
-    overflow: bool,
-    in_body: bool,
-    dkim_signatures: usize,
+pub struct MessageVerifier {
+    header_block: Vec<u8>,
+    hashers: Vec<BodyHasher>,
+    max_signatures: usize,
 }
 
-impl MessageBuffer {
-    /// A buffer that gives up past `limit` bytes.
-    pub fn new(limit: usize) -> MessageBuffer {
-        MessageBuffer {
-            buf: Vec::new(),
-            limit,
-            overflow: false,
-            in_body: false,
-            dkim_signatures: 0,
+/// A message whose body is hashed, ready for [`Verifier::verify_streamed`].
+#[derive(Debug)]
+pub struct HashedMessage {
+    header_block: Vec<u8>,
+    body_hashes: Vec<(BodyHashKey, Vec<u8>)>,
+    max_signatures: usize,
+}
+
+impl MessageVerifier {
+    /// Starts from the header fields (values as under HDR_LEADSPC; LF folds become CRLF).
+    pub fn new<'a>(
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        max_signatures: usize,
+    ) -> MessageVerifier {
+        let mut block = Vec::new();
+        for (name, value) in headers {
+            block.extend_from_slice(name.as_bytes());
+            block.push(b':');
+            crate::sign::push_crlf_normalized(&mut block, value);
+            block.extend_from_slice(b"\r\n");
+        }
+        block.extend_from_slice(b"\r\n");
+        Self::from_header_block(block, max_signatures)
+    }
+
+    /// Starts from a raw header block (with its empty line).
+    fn from_header_block(header_block: Vec<u8>, max_signatures: usize) -> MessageVerifier {
+        let mut hashers: Vec<BodyHasher> = Vec::new();
+        if let Some(msg) = AuthenticatedMessage::parse(&header_block) {
+            for h in msg.dkim_signatures().iter().take(max_signatures) {
+                let key = (h.header.cb, BodyDigest::from(h.header.a), h.header.l);
+                if !hashers.iter().any(|b| b.key() == key) {
+                    hashers.push(BodyHasher::new(key));
+                }
+            }
+        }
+        MessageVerifier {
+            header_block,
+            hashers,
+            max_signatures,
         }
     }
 
-    fn push(&mut self, parts: &[&[u8]]) {
-        if self.overflow {
-            return;
-        }
-        let n: usize = parts.iter().map(|p| p.len()).sum();
-        if self.buf.len().saturating_add(n) > self.limit {
-            self.overflow = true;
-            self.buf = Vec::new();
-            return;
-        }
-        for p in parts {
-            self.buf.extend_from_slice(p);
-        }
-    }
-
-    /// A header field, value with leading space as under HDR_LEADSPC; LF folds become CRLF.
-    pub fn header(&mut self, name: &str, value: &[u8]) {
-        if name.eq_ignore_ascii_case("DKIM-Signature") {
-            self.dkim_signatures += 1;
-        }
-        let mut v = Vec::with_capacity(value.len() + 8);
-        crate::sign::push_crlf_normalized(&mut v, value);
-        self.push(&[name.as_bytes(), b":", &v, b"\r\n"]);
-    }
-
-    /// A body chunk (CRLF).
+    /// A body chunk (CRLF), hashed at once and dropped.
     pub fn body(&mut self, chunk: &[u8]) {
-        if !self.in_body {
-            self.in_body = true;
-            self.push(&[b"\r\n"]);
+        for h in &mut self.hashers {
+            h.write(chunk);
         }
-        self.push(&[chunk]);
     }
 
-    /// True once the limit was passed.
-    pub fn overflowed(&self) -> bool {
-        self.overflow
-    }
-
-    /// Number of DKIM-Signature fields seen.
-    pub fn signature_count(&self) -> usize {
-        self.dkim_signatures
-    }
-
-    /// The message, `None` if it overflowed.
-    pub fn finish(mut self) -> Option<Vec<u8>> {
-        if !self.in_body {
-            self.body(b"");
+    /// Ends the body.
+    pub fn finish(self) -> HashedMessage {
+        HashedMessage {
+            header_block: self.header_block,
+            body_hashes: self
+                .hashers
+                .into_iter()
+                .map(|h| (h.key(), h.finish()))
+                .collect(),
+            max_signatures: self.max_signatures,
         }
-        (!self.overflow).then_some(self.buf)
     }
 }
 
@@ -258,6 +287,7 @@ impl VerifyReport {
 pub struct Verifier {
     auth: MessageAuthenticator,
     caches: Caches,
+    minimum_key_bits: usize,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -325,7 +355,11 @@ impl Verifier {
 
     /// A verifier with given parts (tests pre-fill `caches`).
     pub fn with_authenticator(auth: MessageAuthenticator, caches: Caches) -> Verifier {
-        Verifier { auth, caches }
+        Verifier {
+            auth,
+            caches,
+            minimum_key_bits: DEFAULT_MINIMUM_KEY_BITS,
+        }
     }
 
     /// The DNS caches (to pre-fill).
@@ -333,31 +367,51 @@ impl Verifier {
         &self.caches
     }
 
-    /// A-R for a message we did not verify (too big): `neutral` if it was signed.
-    pub fn report_skipped(&self, signatures: usize, why: &str, authserv_id: &str) -> VerifyReport {
-        let result = if signatures > 0 { "neutral" } else { "none" };
-        VerifyReport {
-            results: Vec::new(),
-            auth_results: format!(" {};\n\tdkim={result} ({why})", authserv_id),
-        }
+    /// RSA keys shorter than `bits` fail verification (config `minimum-key-bits`).
+    pub fn with_minimum_key_bits(mut self, bits: usize) -> Verifier {
+        self.minimum_key_bits = bits;
+        self
     }
 
-    /// Verifies a whole message (CRLF).
+    /// Verifies a whole message (CRLF): the same streaming path the milter uses.
     pub async fn verify(&self, raw: &[u8], authserv_id: &str) -> VerifyReport {
         let Some(msg) = AuthenticatedMessage::parse(raw) else {
-            return VerifyReport {
-                results: Vec::new(),
-                auth_results: format!(
-                    " {};\n\tdkim=permerror (message could not be parsed)",
-                    authserv_id
-                ),
-            };
+            return unparsable(authserv_id);
         };
-        let outs = self
-            .auth
-            .verify_dkim(Parameters::new(&msg).with_cache(&self.caches))
-            .await;
-        let results: Vec<SigResult> = outs
+        let mut mv =
+            MessageVerifier::from_header_block(msg.raw_headers().to_vec(), DEFAULT_MAX_SIGNATURES);
+        mv.body(msg.raw_body());
+        self.verify_streamed(mv.finish(), authserv_id).await
+    }
+
+    /// Verifies a message whose body was hashed as it streamed past. Results and A-R
+    /// text are those mail-auth's `verify_dkim` gave for the whole message (same
+    /// parser, same error values, same A-R writer), except that signatures past
+    /// `max-signatures` are reported as not evaluated and ATPS (RFC 6541) is not checked.
+    pub async fn verify_streamed(&self, m: HashedMessage, authserv_id: &str) -> VerifyReport {
+        let Some(msg) = AuthenticatedMessage::parse(&m.header_block) else {
+            return unparsable(authserv_id);
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut outs: Vec<DkimOutput<'_>> = msg
+            .errors()
+            .iter()
+            .filter(|e| matches!(e.header, Error::Dkim(_)))
+            .map(|e| DkimOutput::from(DkimResult::Neutral(e.header.clone())))
+            .collect();
+        let mut skipped: Vec<&Signature> = Vec::new();
+        for (idx, h) in msg.dkim_signatures().iter().enumerate() {
+            let sig = &h.header;
+            if idx >= m.max_signatures {
+                skipped.push(sig);
+                continue;
+            }
+            let result = self.check(&msg, idx, sig, &m.body_hashes, now).await;
+            outs.push(DkimOutput::from(result).with_signature(sig));
+        }
+        let mut results: Vec<SigResult> = outs
             .iter()
             .map(|o| {
                 let (result, detail) = match o.result() {
@@ -376,7 +430,7 @@ impl Verifier {
                 }
             })
             .collect();
-        let auth_results = if outs.is_empty() {
+        let mut auth_results = if outs.is_empty() {
             format!(" {};\n\tdkim=none", authserv_id)
         } else {
             milter_value(
@@ -385,9 +439,255 @@ impl Verifier {
                     .to_header(),
             )
         };
+        if !skipped.is_empty() {
+            let why = format!("not evaluated: over max-signatures {}", m.max_signatures);
+            tracing::info!(
+                "{} DKIM signature(s) {why}: {}",
+                skipped.len(),
+                skipped
+                    .iter()
+                    .map(|s| format!("d={} s={}", s.d, s.s))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for sig in skipped {
+                // RFC 8601 `policy`: a local rule, not the signature, decided.
+                auth_results.push_str(&format!(
+                    ";\n\tdkim=policy ({why}) header.d={} header.s={}",
+                    ar_token(&sig.d),
+                    ar_token(&sig.s)
+                ));
+                results.push(SigResult {
+                    domain: sig.d.clone(),
+                    selector: sig.s.clone(),
+                    result: "policy",
+                    detail: Some(why.clone()),
+                });
+            }
+        }
         VerifyReport {
             results,
             auth_results,
+        }
+    }
+
+    /// One signature, in mail-auth's order: expiry, body hash, key, AUID, header hash.
+    async fn check(
+        &self,
+        msg: &AuthenticatedMessage<'_>,
+        idx: usize,
+        sig: &Signature,
+        body_hashes: &[(BodyHashKey, Vec<u8>)],
+        now: u64,
+    ) -> DkimResult {
+        if !(sig.x == 0 || (sig.x > sig.t && sig.x > now)) {
+            return DkimResult::Neutral(Error::Dkim(DkimError::SignatureExpired));
+        }
+        let key = (sig.cb, BodyDigest::from(sig.a), sig.l);
+        let bh = body_hashes.iter().find(|(k, _)| *k == key).map(|(_, h)| h);
+        if bh != Some(&sig.bh) {
+            return DkimResult::Neutral(Error::Dkim(DkimError::BodyHashMismatch));
+        }
+        let (record, raw) = match self.key(&sig.domain_key().to_fqdn()).await {
+            Ok(k) => k,
+            Err(e) => return DkimResult::from(e),
+        };
+        if !auid_matches(sig, &record) {
+            return DkimResult::Fail(Error::Dkim(DkimError::AuidMismatch));
+        }
+        // The header hash input of this one signature: mail-auth builds it for the first
+        // signature left, so leave only this one.
+        let mut only = msg.clone();
+        let mut n = 0;
+        only.retain_dkim_signatures(|_| {
+            n += 1;
+            if n == idx + 1 {
+                Ok(())
+            } else {
+                Err(DkimError::UnsupportedVersion)
+            }
+        });
+        let Some(data) = only.canonicalized_dkim_headers() else {
+            return DkimResult::Fail(Error::Crypto(CryptoError::FailedVerification));
+        };
+        match raw.verify(sig.a, &data, &sig.b, self.minimum_key_bits) {
+            Ok(()) => DkimResult::Pass,
+            Err(e) => DkimResult::Fail(e),
+        }
+    }
+
+    /// The key record at `name` (`sel._domainkey.dom.`): mail-auth's parsed record (its
+    /// flags and errors, cached in `caches.txt`) and the key bytes, which mail-auth keeps
+    /// private (cached in `caches.keys`). Both come from one DNS answer.
+    async fn key(&self, name: &str) -> Result<(Arc<DomainKey>, Arc<RawKey>), Error> {
+        if self.caches.txt.get(name).is_none() || self.caches.keys.get(name).is_none() {
+            // On a DNS error, mail-auth's own lookup below asks again and reports it
+            // exactly as before (and caches the negative answer).
+            if let Ok(lookup) = self.resolver_txt(name).await {
+                let (records, until) = lookup;
+                self.caches.insert_records(name, &records, until);
+            }
+        }
+        let record = self
+            .auth
+            .txt_lookup::<DomainKey>(name, Some(&self.caches.txt))
+            .await?;
+        let raw = self
+            .caches
+            .keys
+            .get(name)
+            .ok_or(Error::Dns(mail_auth::DnsError::InvalidRecordType))?;
+        Ok((record, raw))
+    }
+
+    /// The TXT records at `name`, each record's strings joined, as mail-auth joins them.
+    async fn resolver_txt(&self, name: &str) -> Result<(Vec<Vec<u8>>, Instant), ()> {
+        let name = Name::from_str_relaxed(name).map_err(|_| ())?;
+        let lookup = self
+            .auth
+            .resolver()
+            .txt_lookup(name)
+            .await
+            .map_err(|_| ())?;
+        let until = lookup.valid_until();
+        let records = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .flat_map(|c| c.iter().copied())
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .collect();
+        Ok((records, until))
+    }
+}
+
+/// A-R for a message whose header block mail-auth cannot parse.
+fn unparsable(authserv_id: &str) -> VerifyReport {
+    VerifyReport {
+        results: Vec::new(),
+        auth_results: format!(
+            " {};\n\tdkim=permerror (message could not be parsed)",
+            authserv_id
+        ),
+    }
+}
+
+/// `value` as an RFC 8601 pvalue: as is when a plain token, else quoted.
+fn ar_token(value: &str) -> String {
+    if !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+    {
+        value.to_string()
+    } else {
+        format!("\"{}\"", value.replace(['\\', '"'], ""))
+    }
+}
+
+/// RFC 6376 §3.5 `i=`: its domain is `d=` or, unless the key says `t=s`, a subdomain.
+/// mail-auth's check is crate-private; this is the same rule.
+fn auid_matches(sig: &Signature, record: &DomainKey) -> bool {
+    if sig.i.is_empty() {
+        return true;
+    }
+    let auid = sig.i.rsplit_once('@').map_or("", |(_, d)| d).as_bytes();
+    let d = sig.d.as_bytes();
+    match auid
+        .len()
+        .checked_sub(d.len())
+        .and_then(|at| auid.split_at_checked(at))
+    {
+        Some((parent, suffix)) if suffix.eq_ignore_ascii_case(d) => {
+            parent.is_empty() || (!record.requires_strict_identity() && parent.ends_with(b"."))
+        }
+        _ => false,
+    }
+}
+
+/// A key record's key type and `p=` bytes. mail-auth parses the record (and is the
+/// judge of whether it is valid) but keeps the key private, so the two tags are read
+/// here again from the same record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawKey {
+    ed25519: bool,
+    p: Vec<u8>,
+}
+
+impl RawKey {
+    /// `k=` and `p=` of a DKIM key record (`None` without a decodable `p=`).
+    pub fn parse(record: &[u8]) -> Option<RawKey> {
+        use base64::Engine;
+        let text = std::str::from_utf8(record).ok()?;
+        let mut ed25519 = false;
+        let mut p = None;
+        for tag in text.split(';') {
+            let Some((k, v)) = tag.split_once('=') else {
+                continue;
+            };
+            let v: String = v.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+            match k.trim() {
+                "k" => ed25519 = v.eq_ignore_ascii_case("ed25519"),
+                "p" => p = base64::engine::general_purpose::STANDARD.decode(v).ok(),
+                _ => {}
+            }
+        }
+        Some(RawKey { ed25519, p: p? })
+    }
+
+    /// Checks `signature` over the header hash input `data` with this key, as mail-auth's
+    /// aws-lc backend does (same algorithms, same errors), refusing RSA keys shorter
+    /// than `minimum_bits` as OpenDKIM's `MinimumKeyBits` does.
+    fn verify(
+        &self,
+        alg: Algorithm,
+        data: &[u8],
+        signature: &[u8],
+        minimum_bits: usize,
+    ) -> Result<(), Error> {
+        use aws_lc_rs::signature::{
+            ED25519, RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY,
+            RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY, UnparsedPublicKey,
+        };
+        use rsa::pkcs1::{DecodeRsaPublicKey, EncodeRsaPublicKey};
+        use rsa::pkcs8::DecodePublicKey;
+        use rsa::traits::PublicKeyParts;
+        let failed = Error::Crypto(CryptoError::FailedVerification);
+        match (self.ed25519, alg) {
+            (false, Algorithm::RsaSha256 | Algorithm::RsaSha1) => {
+                let key = rsa::PublicKey::from_public_key_der(&self.p)
+                    .or_else(|_| rsa::PublicKey::from_pkcs1_der(&self.p))
+                    .map_err(|_| failed.clone())?;
+                let bits = key.size() * 8;
+                if bits < minimum_bits {
+                    return Err(Error::Crypto(CryptoError::Library(format!(
+                        "RSA key of {bits} bits is shorter than minimum-key-bits {minimum_bits}"
+                    ))));
+                }
+                let der = key.to_pkcs1_der().map_err(|_| failed.clone())?;
+                let params = if alg == Algorithm::RsaSha1 {
+                    &RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY
+                } else {
+                    &RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY
+                };
+                UnparsedPublicKey::new(params, der.as_bytes())
+                    .verify(data, signature)
+                    .map_err(|_| failed)
+            }
+            (true, Algorithm::Ed25519Sha256) => {
+                // RFC 8463: Ed25519 signs the SHA-256 of the header hash input.
+                let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+                UnparsedPublicKey::new(&ED25519, &self.p)
+                    .verify(digest.as_ref(), signature)
+                    .map_err(|e| Error::Crypto(CryptoError::Library(e.to_string())))
+            }
+            _ => Err(Error::Crypto(CryptoError::IncompatibleAlgorithms)),
         }
     }
 }
@@ -513,23 +813,28 @@ mod tests {
     }
 
     #[test]
-    fn buffer_limit() {
-        let mut b = MessageBuffer::new(64);
-        b.header("From", b" a@example.com");
-        b.header("DKIM-Signature", b" v=1;\n\tb=x");
-        assert_eq!(b.signature_count(), 1);
-        b.body(b"short\r\n");
-        assert!(!b.overflowed());
-        let mut b2 = MessageBuffer::new(64);
-        b2.header("From", b" a@example.com");
-        b2.body(&[b'x'; 100]);
-        assert!(b2.overflowed());
-        assert!(b2.finish().is_none());
-        let raw = b.finish().unwrap();
-        assert_eq!(
-            raw,
-            b"From: a@example.com\r\nDKIM-Signature: v=1;\r\n\tb=x\r\n\r\nshort\r\n".to_vec()
+    fn header_block_as_delivered_and_one_hasher_per_kind() {
+        let sig = |c: &str, a: &str| {
+            format!(" v=1; a={a}; c={c}; d=example.com; s=s;\n\th=from; bh=AAAA; b=AAAA")
+        };
+        let (s1, s2, s3) = (
+            sig("relaxed/relaxed", "rsa-sha256"),
+            sig("simple/relaxed", "ed25519-sha256"),
+            sig("relaxed/simple", "rsa-sha256"),
         );
+        let headers: Vec<(&str, &[u8])> = vec![
+            ("DKIM-Signature", s1.as_bytes()),
+            ("DKIM-Signature", s2.as_bytes()),
+            ("DKIM-Signature", s3.as_bytes()),
+            ("From", b" a@example.com"),
+        ];
+        let mv = MessageVerifier::new(headers.clone(), 10);
+        assert!(mv.header_block.ends_with(b"From: a@example.com\r\n\r\n"));
+        assert!(mv.header_block.starts_with(b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.com; s=s;\r\n\th=from;"));
+        // relaxed+sha256 twice (one hasher), simple+sha256 once.
+        assert_eq!(mv.hashers.len(), 2);
+        // Only the first max-signatures get a hasher.
+        assert_eq!(MessageVerifier::new(headers, 1).hashers.len(), 1);
     }
 
     fn servers(list: &[&str]) -> Vec<DnsServer> {
