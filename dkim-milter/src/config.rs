@@ -185,6 +185,18 @@ impl TryFrom<String> for DnsServer {
     }
 }
 
+/// Where log lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogTarget {
+    /// Standard error (systemd's journal picks it up; default).
+    Stderr,
+    /// syslog(3) with `syslog-facility` (OpenDKIM `Syslog yes`).
+    Syslog,
+    /// The systemd journal directly.
+    Journald,
+}
+
 /// Per-domain overrides (`[domain."example.com"]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -225,6 +237,9 @@ pub struct Config {
     pub keys_dir: PathBuf,
     /// Clients whose mail is signed (OpenDKIM `InternalHosts`), CIDR or address.
     pub internal_hosts: Vec<Cidr>,
+    /// Clients inside `internal-hosts` that are not internal after all (OpenDKIM's
+    /// `!`-prefixed `InternalHosts` entries), CIDR or address.
+    pub internal_hosts_except: Vec<Cidr>,
     /// `{daemon_name}` values whose mail is signed, e.g. `ORIGINATING` set by
     /// `-o milter_macro_daemon_name=ORIGINATING` on submission in master.cf.
     pub originating_daemon_names: Vec<String>,
@@ -266,8 +281,15 @@ pub struct Config {
     pub oversign_headers: Vec<String>,
     /// Largest message (bytes) buffered for verification; larger ones are passed unverified.
     pub verify_max_message_size: usize,
+    /// Verification: signatures made with RSA keys shorter than this many bits fail
+    /// (OpenDKIM `MinimumKeyBits`).
+    pub minimum_key_bits: u32,
     /// `tracing` filter, e.g. `info` or `dkim_milter=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
+    /// `stderr`, `syslog` or `journald`.
+    pub log_target: LogTarget,
+    /// syslog facility with `log-target = "syslog"` (OpenDKIM `SyslogFacility`).
+    pub syslog_facility: String,
     /// Seconds between checks of the config, tables and keys dir for changes.
     pub reload_poll_seconds: u64,
     /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
@@ -330,6 +352,7 @@ impl Default for Config {
             allow_root: false,
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
             internal_hosts: Cidr::loopback(),
+            internal_hosts_except: Vec::new(),
             originating_daemon_names: Vec::new(),
             canonicalization: Canonicalization {
                 header: Canon::Relaxed,
@@ -351,7 +374,10 @@ impl Default for Config {
             sign_headers: DEFAULT_SIGN_HEADERS.iter().map(|s| s.to_string()).collect(),
             oversign_headers: vec!["From".into()],
             verify_max_message_size: 10 * 1024 * 1024,
+            minimum_key_bits: 1024,
             log_level: "info".into(),
+            log_target: LogTarget::Stderr,
+            syslog_facility: "mail".into(),
             reload_poll_seconds: 5,
             metrics_listen: None,
             dns_servers: None,
@@ -478,6 +504,7 @@ impl Config {
     /// True if `ip` is an internal host.
     pub fn is_internal(&self, ip: IpAddr) -> bool {
         self.internal_hosts.iter().any(|c| c.contains(ip))
+            && !self.internal_hosts_except.iter().any(|c| c.contains(ip))
     }
 }
 
@@ -535,6 +562,9 @@ selectors = ["2025", "ed"]
         assert!(c.is_internal("192.0.2.7".parse().unwrap()));
         assert!(!c.is_internal("192.0.2.8".parse().unwrap()));
         assert!(!c.is_internal("127.0.0.1".parse().unwrap()));
+        let c = p("internal-hosts = [\"10.0.0.0/8\"]\ninternal-hosts-except = [\"10.9.0.0/16\"]").unwrap();
+        assert!(c.is_internal("10.1.2.3".parse().unwrap()));
+        assert!(!c.is_internal("10.9.2.3".parse().unwrap()));
         assert_eq!(c.canonicalization.body, Canon::Simple);
         assert_eq!(c.authserv_id(), "mx.example.net");
         assert_eq!(c.domain["example.com"].selectors, vec!["2025", "ed"]);

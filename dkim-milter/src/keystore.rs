@@ -402,7 +402,8 @@ impl KeyStore {
                 let mut domains = BTreeMap::new();
                 let mut names: Vec<(String, PathBuf)> = rd
                     .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    // `metadata` follows symlinks: panels link alias domains to one key directory.
+                    .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
                     .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
                     .collect();
                 names.sort();
