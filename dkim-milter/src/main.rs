@@ -20,8 +20,8 @@ struct Cli {
     /// missing, unsafe key permissions), not only on errors that stop the daemon.
     #[arg(long, requires = "check_config")]
     strict: bool,
-    /// Run from an existing OpenDKIM configuration, translated at start (a change to it
-    /// needs a restart; its tables and keys reload as usual).
+    /// Run from an existing OpenDKIM configuration, translated at start and at each
+    /// reload (it is watched like a TOML config).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     opendkim_config: Option<PathBuf>,
     /// Print the dkim-milter TOML equivalent of --opendkim-config and exit.
@@ -100,7 +100,8 @@ fn build_state(cli: &Cli) -> Result<(State, Vec<String>), String> {
     };
     let t = dkim_milter::opendkim_conf::load(p).map_err(|e| e.to_string())?;
     let cfg = t.config().map_err(|e| e.to_string())?;
-    let st = State::from_config(cfg, None).map_err(|e| e.to_string())?;
+    dkim_milter::opendkim_conf::set_source(p);
+    let st = State::from_config(cfg, Some(p.clone())).map_err(|e| e.to_string())?;
     Ok((st, t.warnings.iter().map(|w| w.to_string()).collect()))
 }
 
@@ -232,7 +233,7 @@ fn main() -> ExitCode {
         tracing::warn!("{w}");
     }
     state.log_notes();
-    let config_path = cli.common.config;
+    let config_path = cli.opendkim_config.or(cli.common.config);
     milter_daemon::run::block_on(async move {
         let registry = milter_core::metrics::Registry::new();
         let metrics = dkim_milter::metrics::DkimMetrics::new(&registry)

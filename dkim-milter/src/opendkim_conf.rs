@@ -95,6 +95,21 @@ impl Translation {
     }
 }
 
+/// The `--opendkim-config` file, set once by `main`. A process-wide mark because every
+/// later load (the re-read after dropping privileges, each reload) goes through the kit's
+/// `Reloadable::build(path)`, which has only the path to go on.
+static SOURCE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Marks `path` as an OpenDKIM config: [`crate::reload::State::build`] translates it.
+pub fn set_source(path: &Path) {
+    let _ = SOURCE.set(path.to_path_buf());
+}
+
+/// True if `path` is the file given to [`set_source`].
+pub fn is_source(path: &Path) -> bool {
+    SOURCE.get().is_some_and(|p| p == path)
+}
+
 /// Reads and translates `path` with the real system.
 pub fn load(path: &Path) -> Result<Translation, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -140,7 +155,10 @@ const NO_EQUIVALENT: &[(&str, &str)] = &[
     ),
     ("logwhy", "use log-level = \"debug\" for the reasons"),
     ("autorestart", "use systemd's Restart="),
-    ("autorestartrate", "use systemd's StartLimitBurst= and StartLimitIntervalSec="),
+    (
+        "autorestartrate",
+        "use systemd's StartLimitBurst= and StartLimitIntervalSec=",
+    ),
     (
         "trustanchorfile",
         "dkim-milter does not validate DNSSEC; key lookups go to the configured resolver",
@@ -210,7 +228,10 @@ fn list(value: &str, at: At<'_>, env: &dyn Env) -> Result<Vec<Item>, ConfigError
             .collect());
     }
     if let Some((kind, _)) = value.split_once(':')
-        && ["db", "dsn", "ldap", "ldaps", "lua", "memcache", "redis", "mdb"].contains(&kind)
+        && [
+            "db", "dsn", "ldap", "ldaps", "lua", "memcache", "redis", "mdb",
+        ]
+        .contains(&kind)
     {
         return Err(at.err(format!(
             "{value:?}: {kind}: datasets are not supported (use file:, refile: or csl:)"
@@ -362,10 +383,21 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
         &mut table,
         path,
         "sign-headers",
-        strings(OPENDKIM_SIGN_HEADERS.iter().map(|h| h.to_string()).collect()),
+        strings(
+            OPENDKIM_SIGN_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
+        ),
         0,
     )?;
-    put(&mut table, path, "internal-hosts", strings(vec!["127.0.0.1".into()]), 0)?;
+    put(
+        &mut table,
+        path,
+        "internal-hosts",
+        strings(vec!["127.0.0.1".into()]),
+        0,
+    )?;
     put(&mut table, path, "mode", s("sign+verify"), 0)?;
 
     let simple = ["domain", "selector", "keyfile"];
@@ -409,7 +441,8 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
                 } else {
                     "oversign-headers"
                 };
-                let mut hs: Vec<String> = list(value, a, env)?.into_iter().map(|i| i.text).collect();
+                let mut hs: Vec<String> =
+                    list(value, a, env)?.into_iter().map(|i| i.text).collect();
                 // OpenDKIM adds From, which RFC 6376 requires, to SignHeaders itself.
                 if key == "sign-headers" && !hs.iter().any(|h| h.eq_ignore_ascii_case("from")) {
                     hs.insert(0, "From".into());
@@ -420,14 +453,26 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
                 let (inside, except) = hosts(list(value, a, env)?, env, &mut warnings);
                 put(&mut table, path, "internal-hosts", strings(inside), line)?;
                 if !except.is_empty() {
-                    put(&mut table, path, "internal-hosts-except", strings(except), line)?;
+                    put(
+                        &mut table,
+                        path,
+                        "internal-hosts-except",
+                        strings(except),
+                        line,
+                    )?;
                 }
             }
             "minimumkeybits" => {
                 let bits: i64 = value
                     .parse()
                     .map_err(|_| a.err(format!("MinimumKeyBits {value:?}: expected a number")))?;
-                put(&mut table, path, "minimum-key-bits", toml::Value::Integer(bits), line)?;
+                put(
+                    &mut table,
+                    path,
+                    "minimum-key-bits",
+                    toml::Value::Integer(bits),
+                    line,
+                )?;
             }
             "requiresafekeys" => {
                 let v = if boolean(value, a)? { "refuse" } else { "warn" };
@@ -447,7 +492,11 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
             "pidfile" => put(&mut table, path, "pid-file", s(value), line)?,
             "umask" => {} // with the socket, below
             "syslog" => {
-                let v = if boolean(value, a)? { "syslog" } else { "stderr" };
+                let v = if boolean(value, a)? {
+                    "syslog"
+                } else {
+                    "stderr"
+                };
                 put(&mut table, path, "log-target", s(v), line)?;
             }
             "syslogfacility" => put(&mut table, path, "syslog-facility", s(value), line)?,
@@ -476,9 +525,7 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
                 let orig = &raw_name(text, line);
                 match n {
                     // A key that cannot be used to sign: dkim-milter's on-key-error.
-                    "on-signatureerror" | "on-default"
-                        if matches!(act, "accept" | "tempfail") =>
-                    {
+                    "on-signatureerror" | "on-default" if matches!(act, "accept" | "tempfail") => {
                         if n == "on-signatureerror" || on_key_error.is_none() {
                             on_key_error = Some((act, line));
                         }
@@ -521,9 +568,17 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
         let unix = table
             .get("socket")
             .and_then(toml::Value::as_str)
-            .is_some_and(|s| s.starts_with("local:") || s.starts_with("unix:") || s.starts_with('/'));
+            .is_some_and(|s| {
+                s.starts_with("local:") || s.starts_with("unix:") || s.starts_with('/')
+            });
         if unix {
-            put(&mut table, path, "socket-mode", s(&format!("{:04o}", 0o777 & !mask)), *line)?;
+            put(
+                &mut table,
+                path,
+                "socket-mode",
+                s(&format!("{:04o}", 0o777 & !mask)),
+                *line,
+            )?;
         } else {
             warnings.push(a.warn(
                 "UMask ignored: it only sets the permissions of a local: socket here \
@@ -565,8 +620,20 @@ pub fn translate(text: &str, path: &Path, env: &dyn Env) -> Result<Translation, 
         if kf.1.contains(',') {
             return Err(at(kf.2).err("KeyFile: a path with a comma cannot be used"));
         }
-        put(&mut table, path, "key-table", s(&format!("csl:{}", keys.join(","))), kf.2)?;
-        put(&mut table, path, "signing-table", s(&format!("csl:{}", signing.join(","))), d.2)?;
+        put(
+            &mut table,
+            path,
+            "key-table",
+            s(&format!("csl:{}", keys.join(","))),
+            kf.2,
+        )?;
+        put(
+            &mut table,
+            path,
+            "signing-table",
+            s(&format!("csl:{}", signing.join(","))),
+            d.2,
+        )?;
     } else if let Some(o) = d.or(sel).or(kf) {
         return Err(at(o.2).err("Domain, Selector and KeyFile must be set together"));
     }

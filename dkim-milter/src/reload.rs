@@ -46,6 +46,9 @@ impl State {
     /// Loads config (or defaults) and all keys.
     pub fn build(config_path: Option<&Path>) -> Result<State, LoadError> {
         let config = match config_path {
+            Some(p) if crate::opendkim_conf::is_source(p) => {
+                crate::opendkim_conf::load(p)?.config()?
+            }
             Some(p) => Config::load(p)?,
             None => Config::defaults(),
         };
