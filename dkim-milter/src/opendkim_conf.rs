@@ -669,3 +669,200 @@ fn raw_name(text: &str, line: usize) -> String {
         .unwrap_or("?")
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// Files and host names from maps: no system access.
+    struct Fake {
+        files: BTreeMap<PathBuf, String>,
+        hosts: BTreeMap<String, Vec<IpAddr>>,
+    }
+
+    impl Env for Fake {
+        fn read(&self, path: &Path) -> Result<String, String> {
+            self.files
+                .get(path)
+                .cloned()
+                .ok_or_else(|| format!("cannot read {}", path.display()))
+        }
+        fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+            self.hosts
+                .get(host)
+                .cloned()
+                .ok_or_else(|| "NXDOMAIN".into())
+        }
+        fn hostname(&self) -> String {
+            "mx.example.net".into()
+        }
+    }
+
+    fn fake() -> Fake {
+        Fake {
+            files: BTreeMap::from([(
+                PathBuf::from("/etc/opendkim/TrustedHosts"),
+                "# panel\n127.0.0.1\nmail.example.com\n10.0.0.0/8\n!10.9.0.0/16\n.example.org\nnowhere.invalid\n"
+                    .to_string(),
+            )]),
+            hosts: BTreeMap::from([(
+                "mail.example.com".to_string(),
+                vec!["192.0.2.10".parse().unwrap(), "2001:db8::10".parse().unwrap()],
+            )]),
+        }
+    }
+
+    fn tr(text: &str) -> Result<(Translation, Config), ConfigError> {
+        let t = translate(text, Path::new("/etc/opendkim.conf"), &fake())?;
+        let c = t.config()?;
+        Ok((t, c))
+    }
+
+    #[test]
+    fn simple_mode_and_opendkim_defaults() {
+        let (t, c) = tr(
+            "Domain example.com,example.org\nSelector mail\nKeyFile /etc/dkimkeys/mail.private\n\
+             SubDomains yes\n",
+        )
+        .unwrap();
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_eq!(
+            c.key_table.as_deref(),
+            Some(
+                "csl:key0=example.com:mail:/etc/dkimkeys/mail.private,\
+                 key1=example.org:mail:/etc/dkimkeys/mail.private"
+            )
+        );
+        assert_eq!(
+            c.signing_table.as_deref(),
+            Some("csl:example.com=key0,.example.com=key0,example.org=key1,.example.org=key1")
+        );
+        // OpenDKIM's defaults, not dkim-milter's.
+        assert_eq!(c.canonicalization.header, crate::config::Canon::Simple);
+        assert_eq!(c.canonicalization.body, crate::config::Canon::Simple);
+        assert_eq!(c.sign_headers.len(), OPENDKIM_SIGN_HEADERS.len());
+        assert!(c.is_internal("127.0.0.1".parse().unwrap()));
+        assert!(!c.is_internal("127.0.0.2".parse().unwrap()));
+        // The csl: tables load as tables.
+        let (kt, _) = crate::tables::KeyTable::load(c.key_table.as_deref().unwrap()).unwrap();
+        assert_eq!(kt.get("key1").unwrap().domain, "example.org");
+        let (st, _) =
+            crate::tables::SigningTable::load(c.signing_table.as_deref().unwrap()).unwrap();
+        assert_eq!(st.entries.len(), 4);
+        assert_eq!(st.entries[1].pattern, ".example.com");
+    }
+
+    #[test]
+    fn internal_hosts_dataset() {
+        let (t, c) = tr("KeyTable /k\nSigningTable refile:/s\n\
+                         InternalHosts refile:/etc/opendkim/TrustedHosts\n")
+        .unwrap();
+        for (ip, want) in [
+            ("127.0.0.1", true),
+            ("192.0.2.10", true),
+            ("2001:db8::10", true),
+            ("10.1.2.3", true),
+            ("10.9.1.1", false),
+            ("192.0.2.11", false),
+        ] {
+            assert_eq!(c.is_internal(ip.parse().unwrap()), want, "{ip}");
+        }
+        let w: Vec<String> = t.warnings.iter().map(|w| w.to_string()).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("/etc/opendkim/TrustedHosts:6: InternalHosts entry \".example.org\"")
+        );
+        assert!(
+            w[1].starts_with(
+                "/etc/opendkim/TrustedHosts:7: InternalHosts entry \"nowhere.invalid\""
+            )
+        );
+        // Inline lists, dotted masks.
+        let (_, c) =
+            tr("KeyTable /k\nSigningTable /s\nInternalHosts 192.168.0.0/255.255.0.0, ::1\n")
+                .unwrap();
+        assert!(c.is_internal("192.168.7.7".parse().unwrap()));
+        assert!(c.is_internal("::1".parse().unwrap()));
+        // A missing dataset file names the config line.
+        let e = tr("Mode s\nInternalHosts file:/nope\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/opendkim.conf:2:"), "{e}");
+    }
+
+    #[test]
+    fn options_map_and_warn_once() {
+        let (t, c) = tr(
+            "Socket local:/run/opendkim/opendkim.sock\nUMask 007\nUserID opendkim\n\
+             Mode v\nAuthservID HOSTNAME\nMinimumKeyBits 2048\nRequireSafeKeys no\n\
+             Syslog yes\nSyslogFacility local3\nOn-Default accept\nOn-SignatureError tempfail\n\
+             On-BadSignature reject\nAlwaysAddARHeader yes\nRemoveOldSignatures no\n\
+             SignHeaders Subject,Date\nOversignHeaders From,Subject\n\
+             LogWhy yes\nLogWhy no\nBogusOption 1\n",
+        )
+        .unwrap();
+        assert_eq!(c.socket, "local:/run/opendkim/opendkim.sock");
+        assert_eq!(c.socket_mode_bits(), Some(0o770));
+        assert_eq!(c.user.as_deref(), Some("opendkim"));
+        assert_eq!(c.mode, crate::config::Mode::Verify);
+        assert_eq!(c.authserv_id.as_deref(), Some("mx.example.net"));
+        assert_eq!(c.minimum_key_bits, 2048);
+        assert_eq!(c.key_permissions, crate::config::KeyPermissions::Warn);
+        assert_eq!(c.log_target, crate::config::LogTarget::Syslog);
+        assert_eq!(c.syslog_facility, "local3");
+        assert_eq!(c.on_key_error, crate::config::OnKeyError::Tempfail);
+        assert_eq!(c.sign_headers, ["From", "Subject", "Date"]);
+        assert_eq!(c.oversign_headers, ["From", "Subject"]);
+        let w: Vec<String> = t.warnings.iter().map(|w| w.to_string()).collect();
+        // LogWhy twice: one warning, for the line that counts.
+        assert_eq!(w.len(), 3, "{w:?}");
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("/etc/opendkim.conf:12: On-BadSignature reject"))
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("/etc/opendkim.conf:18: LogWhy ignored"))
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.starts_with("/etc/opendkim.conf:19: BogusOption ignored"))
+        );
+        let toml = t.toml();
+        assert!(toml.contains("socket-mode = \"0770\""), "{toml}");
+        assert!(
+            toml.contains("# warning: /etc/opendkim.conf:19: BogusOption"),
+            "{toml}"
+        );
+
+        let (_, c) = tr("On-Default accept\nKeyTable /k\nSigningTable /s\n").unwrap();
+        assert_eq!(c.on_key_error, crate::config::OnKeyError::Accept);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        for (text, line, needle) in [
+            ("Syslog yes\nMode x\n", 2, "Mode"),
+            ("Syslog maybe\n", 1, "yes or no"),
+            ("Canonicalization relaxed/loose\n", 1, "canonicalization"),
+            ("MinimumKeyBits lots\n", 1, "MinimumKeyBits"),
+            ("Socket local:/x\nUMask 9\n", 2, "UMask"),
+            ("Domain example.com\nSelector s\n", 1, "together"),
+            (
+                "Domain example.com\nSelector s\nKeyFile rel.key\n",
+                3,
+                "absolute",
+            ),
+            ("Mode s\nKeyTable /k\n", 2, "SigningTable"),
+            ("InternalHosts ldap://x/y\n", 1, "not supported"),
+            ("On-Default shrug\n", 1, "unknown action"),
+        ] {
+            let e = tr(text).map(|_| ()).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("/etc/opendkim.conf:{line}:")) && e.contains(needle),
+                "{text:?}: {e}"
+            );
+        }
+    }
+}
