@@ -562,10 +562,11 @@ selectors = ["2025", "ed"]
         assert!(c.is_internal("192.0.2.7".parse().unwrap()));
         assert!(!c.is_internal("192.0.2.8".parse().unwrap()));
         assert!(!c.is_internal("127.0.0.1".parse().unwrap()));
-        let c = p("internal-hosts = [\"10.0.0.0/8\"]\ninternal-hosts-except = [\"10.9.0.0/16\"]")
-            .unwrap();
-        assert!(c.is_internal("10.1.2.3".parse().unwrap()));
-        assert!(!c.is_internal("10.9.2.3".parse().unwrap()));
+        let except =
+            p("internal-hosts = [\"10.0.0.0/8\"]\ninternal-hosts-except = [\"10.9.0.0/16\"]")
+                .unwrap();
+        assert!(except.is_internal("10.1.2.3".parse().unwrap()));
+        assert!(!except.is_internal("10.9.2.3".parse().unwrap()));
         assert_eq!(c.canonicalization.body, Canon::Simple);
         assert_eq!(c.authserv_id(), "mx.example.net");
         assert_eq!(c.domain["example.com"].selectors, vec!["2025", "ed"]);
