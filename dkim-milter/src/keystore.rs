@@ -638,6 +638,17 @@ mod tests {
     }
 
     #[test]
+    fn symlinked_domain_dir_signs_as_its_own_name() {
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "default");
+        std::os::unix::fs::symlink(t.path().join("example.com"), t.path().join("alias.org"))
+            .unwrap();
+        let s = KeyStore::load(&cfg(t.path())).unwrap();
+        assert_eq!(sels(s.lookup("a@alias.org")), vec!["alias.org/default"]);
+        assert_eq!(sels(s.lookup("a@example.com")), vec!["example.com/default"]);
+    }
+
+    #[test]
     fn dir_layout_selector_rule_dual_and_broken_domain() {
         let t = tempfile::tempdir().unwrap();
         genkey(t.path(), "example.com", "2024");
