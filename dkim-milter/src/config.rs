@@ -267,6 +267,9 @@ pub struct Config {
     pub keys_dir: PathBuf,
     /// Clients whose mail is signed (OpenDKIM `InternalHosts`), CIDR or address.
     pub internal_hosts: Vec<Cidr>,
+    /// Clients inside `internal-hosts` that are not internal after all (OpenDKIM's
+    /// `!`-prefixed `InternalHosts` entries), CIDR or address.
+    pub internal_hosts_except: Vec<Cidr>,
     /// `{daemon_name}` values whose mail is signed, e.g. `ORIGINATING` set by
     /// `-o milter_macro_daemon_name=ORIGINATING` on submission in master.cf.
     pub originating_daemon_names: Vec<String>,
@@ -396,6 +399,7 @@ impl Default for Config {
             allow_root: false,
             keys_dir: PathBuf::from("/etc/opendkim/keys"),
             internal_hosts: Cidr::loopback(),
+            internal_hosts_except: Vec::new(),
             originating_daemon_names: Vec::new(),
             unknown_client: UnknownClient::Loopback,
             canonicalization: Canonicalization {
@@ -566,6 +570,7 @@ impl Config {
     /// True if `ip` is an internal host.
     pub fn is_internal(&self, ip: IpAddr) -> bool {
         self.internal_hosts.iter().any(|c| c.contains(ip))
+            && !self.internal_hosts_except.iter().any(|c| c.contains(ip))
     }
 
     /// True if a connection without a client address counts as internal (`unknown-client`).
@@ -632,6 +637,11 @@ selectors = ["2025", "ed"]
         assert!(c.is_internal("192.0.2.7".parse().unwrap()));
         assert!(!c.is_internal("192.0.2.8".parse().unwrap()));
         assert!(!c.is_internal("127.0.0.1".parse().unwrap()));
+        let except =
+            p("internal-hosts = [\"10.0.0.0/8\"]\ninternal-hosts-except = [\"10.9.0.0/16\"]")
+                .unwrap();
+        assert!(except.is_internal("10.1.2.3".parse().unwrap()));
+        assert!(!except.is_internal("10.9.2.3".parse().unwrap()));
         assert_eq!(c.canonicalization.body, Canon::Simple);
         assert_eq!(c.authserv_id(), "mx.example.net");
         assert_eq!(c.domain["example.com"].selectors, vec!["2025", "ed"]);

@@ -541,7 +541,8 @@ impl KeyStore {
                 let mut domains = BTreeMap::new();
                 let mut names: Vec<(String, PathBuf)> = rd
                     .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    // `metadata` follows symlinks: panels link alias domains to one key directory.
+                    .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.is_dir()))
                     .filter_map(|e| Some((e.file_name().to_str()?.to_string(), e.path())))
                     .collect();
                 names.sort();
@@ -947,6 +948,17 @@ mod tests {
                 .collect(),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn symlinked_domain_dir_signs_as_its_own_name() {
+        let t = tempfile::tempdir().unwrap();
+        genkey(t.path(), "example.com", "default");
+        std::os::unix::fs::symlink(t.path().join("example.com"), t.path().join("alias.org"))
+            .unwrap();
+        let s = KeyStore::load(&cfg(t.path())).unwrap();
+        assert_eq!(sels(s.lookup("a@alias.org")), vec!["alias.org/default"]);
+        assert_eq!(sels(s.lookup("a@example.com")), vec!["example.com/default"]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod keystore;
 pub mod metrics;
 pub mod milter;
+pub mod opendkim_conf;
 pub mod process;
 pub mod reload;
 pub mod sign;

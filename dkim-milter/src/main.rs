@@ -20,6 +20,13 @@ struct Cli {
     /// missing, unsafe key permissions), not only on errors that stop the daemon.
     #[arg(long, requires = "check_config")]
     strict: bool,
+    /// Run from an existing OpenDKIM configuration, translated at start and at each
+    /// reload (it is watched like a TOML config).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    opendkim_config: Option<PathBuf>,
+    /// Print the dkim-milter TOML equivalent of --opendkim-config and exit.
+    #[arg(long, requires = "opendkim_config")]
+    print_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -137,13 +144,49 @@ fn keygen_cmd(cli: &Cli, a: &KeygenArgs) -> ExitCode {
     }
 }
 
+/// The state from `--opendkim-config` (with its warnings) or from `--config`.
+fn build_state(cli: &Cli) -> Result<(State, Vec<String>), String> {
+    let Some(p) = &cli.opendkim_config else {
+        return State::build(cli.common.config.as_deref())
+            .map(|s| (s, Vec::new()))
+            .map_err(|e| e.to_string());
+    };
+    let t = dkim_milter::opendkim_conf::load(p).map_err(|e| e.to_string())?;
+    let cfg = t.config().map_err(|e| e.to_string())?;
+    dkim_milter::opendkim_conf::set_source(p);
+    let st = State::from_config(cfg, Some(p.clone())).map_err(|e| e.to_string())?;
+    Ok((st, t.warnings.iter().map(|w| w.to_string()).collect()))
+}
+
+/// `--print-config`: the translated TOML, or the error that stops it.
+fn print_config(p: &std::path::Path) -> ExitCode {
+    match dkim_milter::opendkim_conf::load(p).and_then(|t| t.config().map(|_| t)) {
+        Ok(t) => {
+            print!("{}", t.toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--check-config`: exit 1 for what stops the daemon (config syntax or values, an
 /// unreadable keys dir, a broken table, an unknown user or socket owner/group); per-domain
 /// key problems are warnings (every other domain signs) unless `--strict`.
 fn check_config(cli: &Cli) -> ExitCode {
-    let where_ = cli.common.source();
-    let st = match State::build(cli.common.config.as_deref()) {
-        Ok(st) => st,
+    let where_ = match &cli.opendkim_config {
+        Some(p) => p.display().to_string(),
+        None => cli.common.source(),
+    };
+    let st = match build_state(cli) {
+        Ok((st, warnings)) => {
+            for w in warnings {
+                println!("warning: {w}");
+            }
+            st
+        }
         Err(e) => {
             println!("error: {e}");
             println!("{where_}: the daemon would not start");
@@ -228,10 +271,13 @@ fn main() -> ExitCode {
     if let Some(Command::Testkey(a)) = &cli.command {
         return testkey_cmd(&cli, a);
     }
+    if let (true, Some(p)) = (cli.print_config, &cli.opendkim_config) {
+        return print_config(p);
+    }
     if cli.common.check_config {
         return check_config(&cli);
     }
-    let state = match State::build(cli.common.config.as_deref()) {
+    let (state, warnings) = match build_state(&cli) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -246,8 +292,11 @@ fn main() -> ExitCode {
     ) {
         tracing::error!("{e}");
     }
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
     state.log_notes();
-    let config_path = cli.common.config;
+    let config_path = cli.opendkim_config.or(cli.common.config);
     milter_daemon::run::block_on(async move {
         let registry =
             milter_daemon::metrics::install().map_err(dkim_milter::milter::ServeError::Metrics)?;

@@ -12,7 +12,7 @@ use milter_daemon::reload::{Fingerprint, Reloadable};
 use crate::config::{Config, ConfigError};
 use crate::keystore::{KeyStore, StoreError};
 use crate::sign::SignOptions;
-use crate::tables::parse_spec;
+use crate::tables::dataset;
 
 /// Why a state could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,9 @@ impl State {
     /// Loads config (or defaults) and all keys.
     pub fn build(config_path: Option<&Path>) -> Result<State, LoadError> {
         let config = match config_path {
+            Some(p) if crate::opendkim_conf::is_source(p) => {
+                crate::opendkim_conf::load(p)?.config()?
+            }
             Some(p) => Config::load(p)?,
             None => Config::defaults(),
         };
@@ -156,8 +159,8 @@ pub fn fingerprint(config_path: Option<&Path>, cfg: &Config) -> Fingerprint {
     let tables = [&cfg.key_table, &cfg.signing_table];
     if tables.iter().all(|t| t.is_some()) {
         for spec in tables.into_iter().flatten() {
-            if let Ok((_, p)) = parse_spec(spec) {
-                if let Ok(text) = std::fs::read_to_string(&p) {
+            if let Ok((_, p, text)) = dataset(spec) {
+                {
                     // Key files named in a KeyTable (third colon field of each line).
                     for line in text.lines() {
                         if let Some(path) = line
@@ -170,7 +173,7 @@ pub fn fingerprint(config_path: Option<&Path>, cfg: &Config) -> Fingerprint {
                         }
                     }
                 }
-                paths.push(p);
+                paths.extend(p);
             }
         }
     } else {

@@ -67,6 +67,32 @@ pub fn parse_spec(spec: &str) -> Result<(TableKind, PathBuf), String> {
     }
 }
 
+/// The text of a dataset in table-file form (`key value` lines), its kind and the file it
+/// came from (`None` for `csl:`). OpenDKIM's `csl:k1=v1,k2=v2` (a comma-separated list
+/// in the config itself, `=` between key and value) becomes one line per item, so both
+/// forms go through one parser.
+pub fn dataset(spec: &str) -> Result<(TableKind, Option<PathBuf>, String), TableError> {
+    if let Some(list) = spec.strip_prefix("csl:") {
+        let text = list
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(|i| match i.split_once('=') {
+                Some((k, v)) => format!("{} {}\n", k.trim(), v.trim()),
+                None => format!("{i}\n"),
+            })
+            .collect();
+        return Ok((TableKind::File, None, text));
+    }
+    let (kind, path) = parse_spec(spec).map_err(|message| TableError {
+        path: PathBuf::from(spec),
+        line: 0,
+        message,
+    })?;
+    let text = read(&path)?;
+    Ok((kind, Some(path), text))
+}
+
 fn read(path: &Path) -> Result<String, TableError> {
     std::fs::read_to_string(path).map_err(|e| TableError {
         path: path.to_path_buf(),
@@ -98,13 +124,10 @@ pub struct KeyTable {
 
 impl KeyTable {
     /// Reads a KeyTable dataset spec.
+    /// `csl:` tables are named `csl:` in messages.
     pub fn load(spec: &str) -> Result<(KeyTable, PathBuf), TableError> {
-        let (_, path) = parse_spec(spec).map_err(|message| TableError {
-            path: PathBuf::from(spec),
-            line: 0,
-            message,
-        })?;
-        let text = read(&path)?;
+        let (_, path, text) = dataset(spec)?;
+        let path = path.unwrap_or_else(|| PathBuf::from("csl:"));
         Ok((KeyTable::parse(&text, &path)?, path))
     }
 
@@ -178,13 +201,10 @@ pub struct SigningTable {
 
 impl SigningTable {
     /// Reads a SigningTable dataset spec.
+    /// `csl:` tables are named `csl:` in messages.
     pub fn load(spec: &str) -> Result<(SigningTable, PathBuf), TableError> {
-        let (kind, path) = parse_spec(spec).map_err(|message| TableError {
-            path: PathBuf::from(spec),
-            line: 0,
-            message,
-        })?;
-        let text = read(&path)?;
+        let (kind, path, text) = dataset(spec)?;
+        let path = path.unwrap_or_else(|| PathBuf::from("csl:"));
         Ok((SigningTable::parse(&text, &path, kind)?, path))
     }
 
