@@ -117,6 +117,10 @@ impl Reloadable for State {
             ("user", new.user != old.user),
             ("allow-root", new.allow_root != old.allow_root),
             ("metrics-listen", new.metrics_listen != old.metrics_listen),
+            (
+                "max-connections",
+                new.max_connections != old.max_connections,
+            ),
             ("dns-servers", new.dns_servers != old.dns_servers),
             ("dns-timeout", new.dns_timeout != old.dns_timeout),
             (
