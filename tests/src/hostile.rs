@@ -70,19 +70,21 @@ impl RssSampler {
 }
 
 /// Flatness of an RSS series: the largest sample of the last third against the largest
-/// of the first third, as a ratio (1.0 = no growth). Leaky servers grow steadily, so
-/// their last-third peak exceeds the first-third peak by a margin that grows with time.
+/// of the middle third, as a ratio (1.0 = no growth). The first third is warm-up (the
+/// allocator's arenas and the connection pools grow with concurrency, then plateau); a
+/// leak keeps growing, so its last-third peak pulls away from the middle third's.
 pub fn growth(samples: &[u64]) -> f64 {
     let third = (samples.len() / 3).max(1);
-    let first = samples
+    let middle = samples
         .iter()
+        .skip(third)
         .take(third)
         .max()
         .copied()
         .unwrap_or(1)
         .max(1);
     let last = samples.iter().rev().take(third).max().copied().unwrap_or(0);
-    last as f64 / first as f64
+    last as f64 / middle as f64
 }
 
 /// One milter frame: 4-byte big-endian length of command + payload, command, payload.

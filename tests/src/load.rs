@@ -49,7 +49,7 @@ impl LoadReport {
         let peak = self.rss.iter().copied().max().unwrap_or(0);
         format!(
             "{} connections, {:?}: {} messages ok ({:.0}/s, at least {} per connection), {} \
-             errors; RSS start {first} KiB, peak {peak} KiB, last-third peak / first-third \
+             errors; RSS start {first} KiB, peak {peak} KiB, last-third peak / middle-third \
              peak = {:.3} ({} samples)",
             self.connections,
             self.elapsed,
