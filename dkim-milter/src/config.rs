@@ -339,6 +339,9 @@ pub struct Config {
     pub syslog_facility: SyslogFacility,
     /// Seconds between checks of the config, tables and keys dir for changes.
     pub reload_poll_seconds: u64,
+    /// Milter connections served at once (one per SMTP session); more wait in the
+    /// listen backlog. Read at start only.
+    pub max_connections: usize,
     /// Where Prometheus scrapes `GET /metrics` (`HOST:PORT`, `inet:PORT@HOST`; a bare
     /// port means 127.0.0.1). Unset: no metrics endpoint. Read at start only.
     pub metrics_listen: Option<MetricsListen>,
@@ -430,6 +433,7 @@ impl Default for Config {
             log_target: LogTarget::Stderr,
             syslog_facility: SyslogFacility::Mail,
             reload_poll_seconds: 5,
+            max_connections: 256,
             metrics_listen: None,
             dns_servers: None,
             dns_timeout: Span::secs(5),
@@ -523,6 +527,9 @@ impl Config {
         }
         if self.key_recheck_seconds == 0 {
             return Err(bad("key-recheck-seconds must be at least 1".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(bad("max-connections must be at least 1".into()));
         }
         if self.dns_servers.as_ref().is_some_and(Vec::is_empty) {
             return Err(bad(

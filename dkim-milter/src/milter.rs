@@ -371,6 +371,7 @@ pub async fn serve(
     let mut builder = Server::builder()
         .listen(&st.config.socket)?
         .unix_socket(unix)
+        .max_connections(st.config.max_connections)
         .shutdown_deadline(Duration::from_secs(30));
     if let Some(h) = shutdown {
         builder = builder.shutdown_handle(h);

@@ -131,6 +131,10 @@ impl Reloadable for State {
                 "dns-servers (verifier and key checks)",
                 new.dns_servers != old.dns_servers,
             ),
+            (
+                "max-connections",
+                new.max_connections != old.max_connections,
+            ),
             ("dns-timeout", new.dns_timeout != old.dns_timeout),
             (
                 "dns-override-file",

@@ -160,3 +160,101 @@ async fn garbage_after_a_good_message_still_closes_only_that_connection() {
     shutdown.shutdown();
     task.await.expect("server task");
 }
+
+/// A milter frame written by hand (length, command, payload).
+fn raw_frame(cmd: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = ((payload.len() + 1) as u32).to_be_bytes().to_vec();
+    f.push(cmd);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn short_waits() -> milter_core::server::Timeouts {
+    milter_core::server::Timeouts {
+        negotiation: std::time::Duration::from_secs(1),
+        command: std::time::Duration::from_secs(1),
+        content: std::time::Duration::from_secs(1),
+        idle: std::time::Duration::from_secs(1),
+        ..milter_core::server::Timeouts::libmilter()
+    }
+}
+
+/// Regression (issue #12): the negotiation wait was per read, so a peer sending one byte
+/// at a time (each inside the wait) kept its slot for ever. It is one deadline from accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_dribbling_its_negotiation_is_closed_at_the_deadline() {
+    use tokio::io::AsyncReadExt;
+    let (addr, shutdown, task) = start(Server::builder().timeouts(short_waits()), || Tagger).await;
+    let mut c = Raw::connect(addr).await;
+    let t0 = std::time::Instant::now();
+    c.send_raw(&[0, 0, 0, 100, b'O']).await;
+    let mut b = [0u8; 16];
+    let closed = loop {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "still open after 5 s"
+        );
+        if c.stream.write_all(b"\0").await.is_err() {
+            break t0.elapsed();
+        }
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), c.stream.read(&mut b)).await
+        {
+            break t0.elapsed();
+        }
+    };
+    assert!(
+        closed >= std::time::Duration::from_millis(900)
+            && closed < std::time::Duration::from_secs(3),
+        "closed after {closed:?}"
+    );
+    assert_served(addr).await;
+    shutdown.shutdown();
+    task.await.expect("server task");
+}
+
+/// Regression (issue #12): replies were written without a time limit, so a peer that
+/// sent commands and never read the answers held its slot for ever once the socket
+/// buffer was full. The write is bounded by the phase's wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_its_replies_is_closed_after_the_wait() {
+    let (addr, shutdown, task) = start(Server::builder().timeouts(short_waits()), || Tagger).await;
+    let mut c = Raw::connect(addr).await;
+    // No protocol steps offered for skipping: every command below is answered.
+    let mut neg = 6u32.to_be_bytes().to_vec();
+    neg.extend_from_slice(&0x1ffu32.to_be_bytes());
+    neg.extend_from_slice(&0u32.to_be_bytes());
+    c.send_raw(&raw_frame(b'O', &neg)).await;
+    assert!(matches!(c.reply().await, Some(Reply::OptNeg(_))));
+    c.send_raw(&raw_frame(b'C', b"h\0\x34\x10\x92127.0.0.1\0"))
+        .await;
+    let mut cycle = raw_frame(b'M', b"<a@x.test>\0");
+    cycle.extend(raw_frame(b'R', b"<b@x.test>\0"));
+    cycle.extend(raw_frame(b'A', b""));
+    let batch = cycle.repeat(512);
+    let t0 = std::time::Instant::now();
+    let mut sent = 0usize;
+    let cut = loop {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "still open after 20 s ({sent} bytes sent)"
+        );
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            c.stream.write_all(&batch),
+        )
+        .await
+        {
+            Ok(Ok(())) => sent += batch.len(),
+            Ok(Err(_)) => break t0.elapsed(),
+            // Blocked: the server stopped reading (its replies are backed up). Keep trying.
+            Err(_) => {}
+        }
+    };
+    assert!(sent < 64 << 20, "the server kept reading: {sent} bytes");
+    eprintln!("never-reading peer cut after {cut:?}, {sent} bytes sent");
+    wait_for_log(&["connection closed", "did not read our replies"]).await;
+    assert_served(addr).await;
+    shutdown.shutdown();
+    task.await.expect("server task");
+}

@@ -32,6 +32,8 @@ pub mod daemon;
 pub mod dkim;
 pub mod dns;
 pub mod dovecot;
+pub mod hostile;
+pub mod load;
 pub mod mail;
 pub mod maildir;
 pub mod opendkim;

@@ -145,6 +145,14 @@ impl Daemon {
         self.proc.signal(sig)
     }
 
+    /// Waits for the daemon to exit by itself (after a signal sent with [`Daemon::signal`]);
+    /// its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        self.proc
+            .wait_exit(timeout)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
     /// SIGTERM, then waits for the exit; returns whether it exited 0 in time.
     pub fn terminate(&mut self) -> bool {
         self.proc.terminate(Duration::from_secs(10))

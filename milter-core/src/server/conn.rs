@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::ShutdownHandle;
 use super::limits::{Limits, Timeouts};
 use super::metrics::{CloseReason, ConnectionTally, ServerMetrics, stage_index, verdict_kind};
-use crate::error::{Error, ProtocolError, UsageError};
+use crate::error::{Error, Phase, ProtocolError, UsageError};
 use crate::handler::{Context, EomActions, Milter};
 use crate::proto::flags::Actions;
 use crate::proto::{Reply, Verdict};
@@ -102,6 +102,7 @@ where
         spare: BytesMut::new(),
         peer_eof: false,
         metrics,
+        write_timeouts: config.timeouts,
     };
     let outcome = conn.run(&mut rd, &mut wr, factory, config).await;
     tally.close(match &outcome {
@@ -130,7 +131,7 @@ where
             tracing::warn!(reason = %e, "connection closed: protocol error from the MTA: {e}")
         }
         Err(Error::Timeout(p)) => {
-            tracing::warn!(phase = %p, "connection closed: the MTA was silent too long in the {p} phase")
+            tracing::warn!(phase = %p, "connection closed: the MTA was silent too long in the {p} phase (or did not read our replies)")
         }
         Err(Error::Io(e)) => tracing::info!(reason = %e, "connection closed: I/O error: {e}"),
         Err(e) => tracing::warn!(reason = %e, "connection closed: {e}"),
@@ -271,6 +272,8 @@ struct Conn<'s, M> {
     /// The MTA's side reached EOF (seen while a callback ran).
     peer_eof: bool,
     metrics: Option<&'s ServerMetrics>,
+    /// Bounds each write of replies (the per-phase waits).
+    write_timeouts: Timeouts,
 }
 
 /// Builds the handler's context from the connection's parts (a macro, because the context
@@ -308,6 +311,18 @@ macro_rules! supervised {
 }
 
 impl<M: Milter> Conn<'_, M> {
+    /// Writes the session's pending replies, bounded by the phase's wait: a peer that
+    /// stops reading its replies (the socket buffer full) is gone like a silent one, and
+    /// its slot is freed instead of held for ever.
+    async fn write_out<W: AsyncWrite + Unpin>(&mut self, wr: &mut W) -> Result<(), Error> {
+        let phase = self.session.phase();
+        let limit = self.write_timeouts.for_phase(phase);
+        match tokio::time::timeout(limit, write_batch(wr, self.session.output())).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(Error::Timeout(phase)),
+        }
+    }
+
     async fn run<R, W, F>(
         &mut self,
         rd: &mut R,
@@ -320,6 +335,7 @@ impl<M: Milter> Conn<'_, M> {
         W: AsyncWrite + Unpin + Send,
         F: Fn() -> M + Send + Sync,
     {
+        let negotiation_end = Instant::now().checked_add(config.timeouts.negotiation);
         let stop = &config.shutdown;
         loop {
             while let Some(event) = self.session.poll_event()? {
@@ -333,12 +349,12 @@ impl<M: Milter> Conn<'_, M> {
                     Flow::Go => {}
                     Flow::End(Closed::PeerGone(stage)) => return Ok(Closed::PeerGone(stage)),
                     Flow::End(closed) => {
-                        write_batch(wr, self.session.output()).await?;
+                        self.write_out(wr).await?;
                         return Ok(closed);
                     }
                 }
             }
-            write_batch(wr, self.session.output()).await?;
+            self.write_out(wr).await?;
             if self.session.is_closed() {
                 return Ok(Closed::Quit);
             }
@@ -350,7 +366,12 @@ impl<M: Milter> Conn<'_, M> {
                 return Ok(Closed::Eof);
             }
             let phase = self.session.phase();
-            let limit = config.timeouts.for_phase(phase);
+            let mut limit = config.timeouts.for_phase(phase);
+            if let (Phase::Negotiation, Some(end)) = (phase, negotiation_end) {
+                // One deadline from accept, not one per read: a peer dribbling a byte at a
+                // time would otherwise hold its slot for ever.
+                limit = limit.min(end.saturating_duration_since(Instant::now()));
+            }
             let buf = self.session.read_buf();
             if buf.capacity() - buf.len() < READ_CHUNK {
                 buf.reserve(READ_CHUNK);
@@ -493,7 +514,7 @@ impl<M: Milter> Conn<'_, M> {
                 other => return Ok(other),
             }
         }
-        write_batch(wr, self.session.output()).await?;
+        self.write_out(wr).await?;
         let allowed = self
             .session
             .negotiated()

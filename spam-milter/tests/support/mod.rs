@@ -81,6 +81,11 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid().expect("spam-milter runs")
+    }
+
     /// Sends a signal to the daemon.
     pub fn signal(&self, sig: i32) {
         self.proc.signal(sig)

@@ -1,0 +1,227 @@
+//! Issue #12, reliability: the real `spam-milter`, in front of a real Rspamd, against
+//! hostile peers (stack_tests::hostile) and under sustained load (stack_tests::load).
+//! Well-behaved traffic alternates a clean message (accepted, scanned: no status header)
+//! and GTUBE (rejected by Rspamd's verdict), so every reply proves a real scan.
+//! Rspamd faults are in faults.rs. See tests/RELIABILITY.md.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use milter_core::client::{ClientConfig, Envelope, MilterClient, Outcome};
+use stack_tests::hostile::{self, RssSampler};
+use stack_tests::load;
+use stack_tests::rspamd::Rspamd;
+use support::*;
+
+fn envelope() -> Envelope {
+    Envelope {
+        sender: "alice@remote.test".into(),
+        recipients: vec!["user@example.test".into()],
+        ..Envelope::default()
+    }
+}
+
+/// Message `n`: GTUBE when `n` is odd, else clean.
+fn nth(subject: &str, n: u64) -> Vec<u8> {
+    let body = if n % 2 == 1 {
+        GTUBE
+    } else {
+        "A normal message."
+    };
+    message(
+        "Alice <alice@remote.test>",
+        "user@example.test",
+        subject,
+        "",
+        body,
+    )
+}
+
+/// What message `n` must get: clean accepted unmarked, GTUBE rejected.
+fn check(n: u64, o: &Outcome) -> Result<(), String> {
+    if n % 2 == 1 {
+        return if o.rejected() {
+            Ok(())
+        } else {
+            Err(format!("GTUBE not rejected: {:?}", o.verdict))
+        };
+    }
+    if !o.accepted() {
+        return Err(format!("clean message not accepted: {:?}", o.verdict));
+    }
+    match o.added_header("X-Spam-Milter") {
+        None => Ok(()),
+        Some(v) => Err(format!(
+            "clean message not scanned: {}",
+            String::from_utf8_lossy(&v)
+        )),
+    }
+}
+
+fn start(rspamd: &Rspamd, extra: &str, rspamd_extra: &str) -> Daemon {
+    Daemon::start(&format!(
+        "{extra}\n[rspamd]\nupstreams = [\"http://127.0.0.1:{}\"]\n{rspamd_extra}\n",
+        rspamd.normal_port()
+    ))
+}
+
+async fn well_behaved(spec: String, stop: Arc<AtomicBool>) -> Vec<Result<(), String>> {
+    let mut kept = MilterClient::connect(&spec, ClientConfig::default())
+        .await
+        .expect("well-behaved connection");
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        out.push(match kept.send(&envelope(), &nth("kept", n)).await {
+            Ok(o) => check(n, &o),
+            Err(e) => Err(format!("kept connection: {e}")),
+        });
+        n += 1;
+        let fresh = async {
+            let mut c = MilterClient::connect(&spec, ClientConfig::default()).await?;
+            let o = c.send(&envelope(), &nth("fresh", n)).await?;
+            c.quit().await?;
+            Ok::<_, milter_core::Error>(o)
+        };
+        out.push(match fresh.await {
+            Ok(o) => check(n, &o),
+            Err(e) => Err(format!("fresh connection: {e}")),
+        });
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_cut_off_while_well_behaved_mail_is_scanned() {
+    let rspamd = Rspamd::builder().start().unwrap();
+    let d = start(&rspamd, "", "");
+    let pid = d.pid();
+    let addr = hostile::inet_addr(&d.spec()).unwrap();
+    let idle = hostile::rss_kib(pid).unwrap();
+    let rss = RssSampler::start(pid, Duration::from_millis(200));
+    let stop = Arc::new(AtomicBool::new(false));
+    let good = tokio::spawn(well_behaved(d.spec(), stop.clone()));
+
+    let t0 = Instant::now();
+    let (slow, dropped, huge0, huge1, junk) = tokio::join!(
+        hostile::drip(addr, Duration::from_secs(1), Duration::from_secs(50)),
+        hostile::open_and_drop(addr, 3000, 100),
+        hostile::huge_frame(addr, false),
+        hostile::huge_frame(addr, true),
+        hostile::garbage(addr),
+    );
+    let mut unread = Vec::new();
+    for _ in 0..20 {
+        unread.push(tokio::spawn(hostile::never_reads(
+            addr,
+            Duration::from_secs(5),
+        )));
+    }
+    let slow = slow.expect("one byte a second");
+    assert!(
+        slow >= Duration::from_secs(25) && slow < Duration::from_secs(40),
+        "slow peer held {slow:?}"
+    );
+    assert_eq!(dropped.unwrap(), 3000, "every connect accepted");
+    for (what, r) in [
+        ("4 GiB first", huge0),
+        ("4 GiB negotiated", huge1),
+        ("garbage", junk),
+    ] {
+        let t = r.unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        assert!(t < Duration::from_secs(2), "{what}: closed after {t:?}");
+    }
+    for h in unread {
+        let sent = h.await.unwrap().expect("never-reading peer");
+        assert!(sent < 32 << 20, "a never-reading peer wrote {sent} bytes");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results = good.await.unwrap();
+    let samples = rss.stop();
+    let peak = samples.iter().copied().max().unwrap();
+    eprintln!(
+        "attack {:?}: {} well-behaved messages, RSS idle {idle} KiB peak {peak} KiB over {} samples",
+        t0.elapsed(),
+        results.len(),
+        samples.len()
+    );
+    assert!(results.len() >= 40, "too few well-behaved messages");
+    let bad: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(bad.is_empty(), "well-behaved traffic failed: {bad:?}");
+    assert!(peak < idle + 64 * 1024, "RSS {idle} -> {peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_1000_concurrent_connections_no_error_and_flat_rss() {
+    let conns = load::env_knob("RELIABILITY_LOAD_CONNECTIONS", 1000) as usize;
+    let secs = load::env_knob("RELIABILITY_LOAD_SECONDS", 60);
+    assert!(
+        load::raise_nofile() > 2 * conns as u64 + 100,
+        "ulimit -n too low"
+    );
+    let rspamd = Rspamd::builder().start().unwrap();
+    // While the 1,000 connections ramp up, the hermetic Rspamd on two shared cores took
+    // over the default 10 s attempt timeout for a few scans (13 of 3,242 in one run, all
+    // first messages; spam-milter then failed open as configured). The run measures
+    // spam-milter, so Rspamd gets time; see tests/RELIABILITY.md.
+    let d = start(
+        &rspamd,
+        &format!("max-connections = {}", conns + 16),
+        "attempt-timeout = \"60s\"\nscan-deadline = \"120s\"",
+    );
+    let report = load::run(
+        &d.spec(),
+        d.pid(),
+        conns,
+        Duration::from_secs(secs),
+        // 1,000 connections at one message per 15 s each: ~65 messages/s, under what the
+        // hermetic Rspamd scans on this 2-core machine (at 200/s it falls behind, scans
+        // time out and spam-milter fails open, see tests/RELIABILITY.md).
+        Duration::from_secs(15),
+        |i, n| (envelope(), nth(&format!("load {i} {n}"), n)),
+        |_, n, o| check(n, o),
+    )
+    .await;
+    eprintln!(
+        "spam-milter load: {}\nRSS MiB every 5 s: {}",
+        report.summary(),
+        report.rss_curve()
+    );
+    assert_eq!(report.connections, conns, "{:?}", report.errors);
+    assert_eq!(report.error_count, 0, "{:?}", report.errors);
+    // Every connection is served all through the run (none starves).
+    assert!(
+        report.min_per_connection >= (secs / 15 / 10).max(1),
+        "{}",
+        report.summary()
+    );
+    let g = hostile::growth(&report.rss);
+    assert!(g <= 1.15, "RSS grew: {}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_config_on_reload_is_refused_and_the_previous_one_keeps_serving() {
+    let rspamd = Rspamd::builder().start().unwrap();
+    let d = start(&rspamd, "", "");
+    let good = std::fs::read_to_string(d.config_path()).unwrap();
+    std::fs::write(d.config_path(), format!("{good}\nthis line is not TOML\n")).unwrap();
+    d.signal(libc::SIGHUP);
+    let line = &d.wait_lines("refused, previous configuration keeps serving", 1)[0];
+    assert!(line.contains("spam.toml"), "names the file: {line}");
+    let mut c = MilterClient::connect(&d.spec(), ClientConfig::default())
+        .await
+        .unwrap();
+    for n in 0..2 {
+        let o = c
+            .send(&envelope(), &nth("after broken reload", n))
+            .await
+            .unwrap();
+        check(n, &o).unwrap();
+    }
+}
