@@ -7,6 +7,8 @@
 //! - [`cli`]: the `--config` / `--check-config` arguments every daemon takes.
 //! - [`logging`] and [`run`]: `tracing` set-up and the runtime around a daemon's `serve`.
 //! - [`metrics`]: the `GET /metrics` endpoint and the reload counter.
+//! - [`systemd`]: socket activation (serve on the socket systemd holds across restarts)
+//!   and `READY=1`/`STOPPING=1` notification.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod systemd;
 
 pub use config::{Cidr, ConfigError, MetricsListen, SocketMode, Span};
 pub use reload::{Fingerprint, Reloadable, Shared};
