@@ -8,14 +8,20 @@
 //! server does (and what a daemon adds) for a Prometheus scrape.
 //!
 //! A milter is a [`Milter`] implementation; every callback has a default, so a milter
-//! implements only what it needs:
+//! implements only what it needs, and names those events once in [`Milter::EVENTS`]: the
+//! default negotiation then asks the MTA not to send the others (`NO_*`) nor wait for their
+//! replies (`NR_*`), so ignored events cost no round trip (see [`handler`] for a tested
+//! example; without `EVENTS` every event comes):
 //!
 //! ```no_run
+//! use milter_core::negotiate::Events;
 //! use milter_core::{Context, Envelope, Milter, Server, Verdict};
 //!
 //! struct RejectSender;
 //!
 //! impl Milter for RejectSender {
+//!     const EVENTS: Events = Events::MAIL;
+//!
 //!     async fn mail(&mut self, _ctx: &Context<'_>, from: &Envelope) -> Verdict {
 //!         if from.address_str().eq_ignore_ascii_case("spammer@example.net") {
 //!             return Verdict::reply(550, "5.7.1", "Sender refused");
@@ -29,6 +35,9 @@
 //!     Server::builder().listen("inet:127.0.0.1:8891")?.serve(|| RejectSender).await
 //! }
 //! ```
+//!
+//! For restarts that refuse no connection, the server also serves on a socket it inherits
+//! (systemd socket activation, or one handed in): see [`server`].
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 

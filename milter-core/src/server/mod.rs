@@ -51,8 +51,8 @@
 //! or SIGINT (or [`ShutdownHandle::shutdown`]) the server:
 //!
 //! 1. stops accepting at once: the listening sockets are closed (unix socket files it
-//!    created are removed), so a new instance can bind the same address and take the
-//!    MTA's new connections;
+//!    created are removed; inherited ones stay), so a new instance can bind the same
+//!    address, or accept on the same inherited socket, and take the MTA's new connections;
 //! 2. keeps serving every open connection as before, further messages included, until
 //!    the MTA sends QUIT or closes it. Connections that are between messages, or have
 //!    only done CONNECT/HELO, are *not* closed: every message in flight, and every later
