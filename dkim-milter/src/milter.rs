@@ -368,8 +368,8 @@ pub async fn serve(
         group,
         ..UnixSocketOptions::default()
     };
-    let mut builder = Server::builder()
-        .listen(&st.config.socket)?
+    // The socket systemd passed, if any (socket activation), else the configured one.
+    let mut builder = milter_daemon::systemd::listen(Server::builder(), &st.config.socket)?
         .unix_socket(unix)
         .max_connections(st.config.max_connections)
         .shutdown_deadline(Duration::from_secs(30));
@@ -433,6 +433,7 @@ pub async fn serve(
         tracing::warn!("{warnings} key warning(s) above; every other domain signs");
     }
     drop(st);
+    milter_daemon::systemd::notify_serving(&server);
     server
         .serve(move || {
             DkimMilter::new(shared.clone(), verifier.clone()).with_metrics(metrics.clone())

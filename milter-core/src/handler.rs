@@ -5,15 +5,21 @@
 //! `&mut self` is per-connection state: no locking, and connection facts (the client, its
 //! HELO) stay put across the messages of that connection.
 //!
-//! Every callback has a default that continues, so a milter overrides only what it needs:
+//! Every callback has a default that continues, so a milter overrides only what it needs,
+//! and declares those events once in [`Milter::EVENTS`]: the MTA is then asked not to send
+//! the others at all, so they cost no round trip (without the declaration every event
+//! comes, each waiting for its `Continue`):
 //!
 //! ```
 //! use milter_core::handler::{Context, Milter};
-//! use milter_core::{Envelope, Verdict};
+//! use milter_core::negotiate::{Events, Offer, negotiate};
+//! use milter_core::{Envelope, ProtocolFlags, Verdict};
 //!
 //! struct NoSpammer;
 //!
 //! impl Milter for NoSpammer {
+//!     const EVENTS: Events = Events::MAIL;
+//!
 //!     async fn mail(&mut self, _ctx: &Context<'_>, from: &Envelope) -> Verdict {
 //!         if from.address_str() == "spammer@example.net" {
 //!             Verdict::reply(550, "5.7.1", "sender refused")
@@ -22,6 +28,12 @@
 //!         }
 //!     }
 //! }
+//!
+//! // Against Postfix's offer: headers, body and the rest are not sent, nor waited for.
+//! let offer = Offer { version: 6, actions: Default::default(), protocol: ProtocolFlags::all() };
+//! let agreed = negotiate(&offer, &NoSpammer.negotiate(&offer)).unwrap();
+//! assert!(agreed.protocol.contains(ProtocolFlags::NO_HEADERS | ProtocolFlags::NO_BODY));
+//! assert!(!agreed.protocol.contains(ProtocolFlags::NO_MAIL));
 //! ```
 
 use std::future::Future;
@@ -29,7 +41,7 @@ use std::future::Future;
 use bytes::Bytes;
 
 use crate::error::UsageError;
-use crate::negotiate::{Negotiated, Offer, Request};
+use crate::negotiate::{Events, Negotiated, Offer, Request};
 use crate::proto::flags::Actions;
 use crate::proto::{ConnectInfo, Envelope, Macros, Modification, Verdict};
 
@@ -49,11 +61,23 @@ use crate::proto::{ConnectInfo, Envelope, Macros, Modification, Verdict};
 /// behind consistent (the next `abort` or `close` still comes), and do blocking work in
 /// `spawn_blocking`, not on the callback's thread, so it can be dropped.
 pub trait Milter: Send + 'static {
+    /// The events this milter implements a callback for. The default [`negotiate`] asks
+    /// the MTA not to send the others (`NO_*`) nor wait for replies to them (`NR_*`),
+    /// where the MTA offers that. Rust cannot see which callbacks an impl overrides, so
+    /// this is declared, once, next to them; the default is every event (nothing is
+    /// lost, but each event is a round trip). An event left out never reaches its
+    /// callback; [`Context::connect_info`] and [`Context::helo`] stay empty without
+    /// CONNECT and HELO.
+    ///
+    /// [`negotiate`]: Milter::negotiate
+    const EVENTS: Events = Events::all();
+
     /// Chooses the actions, protocol steps and macros this milter needs, given the MTA's
-    /// offer. The default asks for nothing: every event, no modifications.
+    /// offer. The default asks for no modifications and only the [`EVENTS`](Self::EVENTS);
+    /// an override builds on [`Request::with_events`] to keep that.
     fn negotiate(&mut self, offer: &Offer) -> Request {
         let _ = offer;
-        Request::default()
+        Request::new().with_events(Self::EVENTS)
     }
 
     /// The SMTP client connected. `Accept`/`Reject` here end the milter's part of the

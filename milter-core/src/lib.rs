@@ -9,14 +9,20 @@
 //! facade, and the names); the program installs the recorder and the exporter.
 //!
 //! A milter is a [`Milter`] implementation; every callback has a default, so a milter
-//! implements only what it needs:
+//! implements only what it needs, and names those events once in [`Milter::EVENTS`]: the
+//! default negotiation then asks the MTA not to send the others (`NO_*`) nor wait for their
+//! replies (`NR_*`), so ignored events cost no round trip (see [`handler`] for a tested
+//! example; without `EVENTS` every event comes):
 //!
 //! ```no_run
+//! use milter_core::negotiate::Events;
 //! use milter_core::{Context, Envelope, Milter, Server, Verdict};
 //!
 //! struct RejectSender;
 //!
 //! impl Milter for RejectSender {
+//!     const EVENTS: Events = Events::MAIL;
+//!
 //!     async fn mail(&mut self, _ctx: &Context<'_>, from: &Envelope) -> Verdict {
 //!         if from.address_str().eq_ignore_ascii_case("spammer@example.net") {
 //!             return Verdict::reply(550, "5.7.1", "Sender refused");
@@ -30,6 +36,9 @@
 //!     Server::builder().listen("inet:127.0.0.1:8891")?.serve(|| RejectSender).await
 //! }
 //! ```
+//!
+//! For restarts that refuse no connection, the server also serves on a socket it inherits
+//! (systemd socket activation, or one handed in): see [`server`].
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -49,13 +58,9 @@ pub mod fuzzing;
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod server;
-// A client-only build compiles the server's address module for `Endpoint` alone (its
-// bind code goes unused), so `client` does not pull `server`: one parser for both sides,
-// kept in one file.
-#[cfg(all(feature = "client", not(feature = "server")))]
-#[allow(dead_code)]
-#[path = "server/endpoint.rs"]
-mod endpoint;
+// `Endpoint`, the address syntax both the server and the client take.
+#[cfg(any(feature = "client", feature = "server"))]
+mod address;
 #[cfg(feature = "testing")]
 pub mod testing;
 

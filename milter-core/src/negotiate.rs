@@ -4,6 +4,11 @@
 //! Nothing is faked: a milter that needs an action or protocol step the MTA does not offer
 //! is refused, instead of pretending (as libmilter does for `NR_*`) and desynchronising the
 //! stream later. Steps that are merely nice to have go in [`Request::optional_protocol`].
+//!
+//! The events a milter handles are declared once, as [`Milter::EVENTS`](crate::Milter::EVENTS);
+//! the default negotiation ([`Request::with_events`]) asks the MTA not to send the others
+//! (`NO_*`) and, should it send them anyway, not to wait for a reply (`NR_*`), so an
+//! ignored event costs no round trip. libmilter does the same for callbacks left unset.
 
 use crate::error::NegotiateError;
 use crate::proto::command::{OptNeg, code};
@@ -37,6 +42,61 @@ impl From<OptNeg> for Offer {
     }
 }
 
+bitflags::bitflags! {
+    /// The MTA events a milter wants to see (end of message, abort and quit always come).
+    ///
+    /// Declared as [`Milter::EVENTS`](crate::Milter::EVENTS) and turned into `NO_*` and
+    /// `NR_*` requests by [`Request::with_events`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct Events: u16 {
+        /// CONNECT: the client's host name and address.
+        const CONNECT = 1 << 0;
+        /// HELO/EHLO.
+        const HELO = 1 << 1;
+        /// MAIL FROM.
+        const MAIL = 1 << 2;
+        /// RCPT TO.
+        const RCPT = 1 << 3;
+        /// DATA (protocol version 4 and later).
+        const DATA = 1 << 4;
+        /// Each header field.
+        const HEADER = 1 << 5;
+        /// End of headers.
+        const EOH = 1 << 6;
+        /// Body chunks.
+        const BODY = 1 << 7;
+        /// Unrecognised SMTP commands (version 3 and later).
+        const UNKNOWN = 1 << 8;
+    }
+}
+
+impl Events {
+    /// Each event with the command code that carries it.
+    const CODES: [(Events, u8); 9] = [
+        (Events::CONNECT, code::CONNECT),
+        (Events::HELO, code::HELO),
+        (Events::MAIL, code::MAIL),
+        (Events::RCPT, code::RCPT),
+        (Events::DATA, code::DATA),
+        (Events::HEADER, code::HEADER),
+        (Events::EOH, code::EOH),
+        (Events::BODY, code::BODY),
+        (Events::UNKNOWN, code::UNKNOWN),
+    ];
+
+    /// The `NO_*` and `NR_*` bits for every event not in `self`.
+    pub fn unwanted_protocol(self) -> ProtocolFlags {
+        let mut p = ProtocolFlags::empty();
+        for (event, c) in Events::CODES {
+            if !self.contains(event) {
+                p |= skip_flag(c).unwrap_or(ProtocolFlags::empty());
+                p |= no_reply_flag(c).unwrap_or(ProtocolFlags::empty());
+            }
+        }
+        p
+    }
+}
+
 /// What a milter asks for. Built with the `with_*` methods or by filling the fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
@@ -55,6 +115,13 @@ impl Request {
     /// A request for nothing: every event, a reply to each, no modifications.
     pub fn new() -> Request {
         Request::default()
+    }
+
+    /// Asks the MTA, where it can, not to send the events outside `wanted` (`NO_*`) and
+    /// not to wait for a reply to them (`NR_*`); both are optional, so an MTA without them
+    /// still negotiates (and the default callbacks answer `Continue`).
+    pub fn with_events(self, wanted: Events) -> Request {
+        self.with_optional_protocol(wanted.unwanted_protocol())
     }
 
     /// Adds needed actions.
@@ -246,4 +313,45 @@ pub fn negotiate(offer: &Offer, request: &Request) -> Result<Negotiated, Negotia
         protocol,
         macros: request.macros.clone(),
     })
+}
+
+#[cfg(test)]
+mod events_tests {
+    use super::*;
+
+    #[test]
+    fn unwanted_events_are_not_sent_nor_answered() {
+        let offer = Offer {
+            version: 6,
+            actions: Actions::all(),
+            protocol: ProtocolFlags::all(),
+        };
+        let n = negotiate(&offer, &Request::new().with_events(Events::MAIL)).unwrap();
+        for c in [
+            code::CONNECT,
+            code::HELO,
+            code::RCPT,
+            code::DATA,
+            code::HEADER,
+            code::EOH,
+            code::BODY,
+            code::UNKNOWN,
+        ] {
+            assert!(n.skipped(c) && n.no_reply(c), "{}", c as char);
+        }
+        assert!(!n.skipped(code::MAIL) && !n.no_reply(code::MAIL));
+        // Every event wanted: nothing asked, as before.
+        assert_eq!(Events::all().unwanted_protocol(), ProtocolFlags::empty());
+    }
+
+    #[test]
+    fn an_mta_without_the_flags_still_negotiates() {
+        let offer = Offer {
+            version: 2,
+            actions: Actions::empty(),
+            protocol: ProtocolFlags::NO_CONNECT,
+        };
+        let n = negotiate(&offer, &Request::new().with_events(Events::MAIL)).unwrap();
+        assert_eq!(n.protocol, ProtocolFlags::NO_CONNECT);
+    }
 }

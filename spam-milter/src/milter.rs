@@ -409,8 +409,8 @@ pub async fn serve(
         mode: cfg.socket_mode.map(|m| m.bits()),
         ..UnixSocketOptions::default()
     };
-    let mut builder = Server::builder()
-        .listen(&cfg.socket)?
+    // The socket systemd passed, if any (socket activation), else the configured one.
+    let mut builder = milter_daemon::systemd::listen(Server::builder(), &cfg.socket)?
         .unix_socket(unix)
         .max_connections(cfg.max_connections)
         .shutdown_deadline(Duration::from_secs(30));
@@ -435,6 +435,7 @@ pub async fn serve(
         milter_daemon::config::hostname(),
     ));
     drop(st);
+    milter_daemon::systemd::notify_serving(&server);
     let r = server.serve(move || SpamMilter::new(shared.clone())).await;
     health.abort();
     r?;

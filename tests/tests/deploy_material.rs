@@ -2,7 +2,9 @@
 //! an operator would meet it.
 //!
 //! * Both systemd units pass `systemd-analyze verify` and score at most 2.0 ("OK") in
-//!   `systemd-analyze security --offline`, with the hardening the README promises.
+//!   `systemd-analyze security --offline`, with the hardening the README promises; both
+//!   socket units (socket activation) pass `systemd-analyze verify` beside their service and
+//!   listen where README.md's socket lines say, `0660` for the unit's user and `postfix`.
 //! * postfix-main.cf and postfix-master.cf load into a test Postfix (`postconf`, `postfix
 //!   check`, no warning), and the loaded configuration has what the comments say: spam-milter
 //!   alone on port 25, spam-milter then dkim-milter on submission and for sendmail(1), the
@@ -153,6 +155,30 @@ fn systemd_units_verify_and_are_hardened() -> Result<()> {
                 .any(|l| l.split_whitespace().nth(1) == Some(user.as_str())),
             "milters-sysusers.conf does not create {user}"
         );
+        // The socket unit: the README's path, reachable by Postfix only, named.
+        let sock_file = format!("{name}.socket");
+        let sock_text = read(&sock_file)?;
+        let so = unit_settings(&sock_text);
+        let sone = |k: &str| so.get(k).map(|v| v.join(" ")).unwrap_or_default();
+        let (readme_path, readme_mode) = readme_socket(name)?;
+        for (k, want) in [
+            (
+                "ListenStream",
+                readme_path.trim_start_matches("unix:").to_string(),
+            ),
+            ("SocketMode", readme_mode),
+            ("SocketUser", user.clone()),
+            ("SocketGroup", "postfix".to_string()),
+            ("FileDescriptorName", name.to_string()),
+            ("WantedBy", "sockets.target".to_string()),
+        ] {
+            assert_eq!(sone(k), want, "{sock_file}: {k}=");
+        }
+        assert_eq!(
+            one("Type"),
+            "notify",
+            "{file}: Type= (the daemons send READY=1)"
+        );
         if !tool {
             continue;
         }
@@ -175,6 +201,20 @@ fn systemd_units_verify_and_are_hardened() -> Result<()> {
         assert!(
             out.status.success() && !stderr.contains(&file),
             "systemd-analyze verify {file}: {}\n{stderr}",
+            out.status
+        );
+        // Beside its service, which it activates.
+        let sock_unit = tmp.path().join(&sock_file);
+        std::fs::write(&sock_unit, &sock_text)?;
+        let out = sys::run(
+            Command::new("/usr/bin/systemd-analyze")
+                .arg("verify")
+                .arg(&sock_unit),
+        )?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !stderr.contains(&sock_file),
+            "systemd-analyze verify {sock_file}: {}\n{stderr}",
             out.status
         );
         let out = sys::run(

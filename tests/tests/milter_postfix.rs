@@ -329,3 +329,154 @@ fn client_vanishing_mid_data_leaves_the_milter_healthy() -> Result<()> {
     );
     Ok(())
 }
+
+/// Counts every callback; `ALL` chooses its declared [`Milter::EVENTS`]: every event, or
+/// MAIL only (the rest it would ignore).
+#[derive(Clone, Default)]
+struct Counting<const ALL: bool> {
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, usize>>>,
+}
+
+impl<const ALL: bool> Counting<ALL> {
+    fn bump(&self, event: &'static str) {
+        if let Ok(mut m) = self.seen.lock() {
+            *m.entry(event).or_default() += 1;
+        }
+    }
+
+    fn get(&self, event: &str) -> usize {
+        self.seen
+            .lock()
+            .map(|m| m.get(event).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl<const ALL: bool> milter_core::handler::Milter for Counting<ALL> {
+    const EVENTS: milter_core::negotiate::Events = if ALL {
+        milter_core::negotiate::Events::all()
+    } else {
+        milter_core::negotiate::Events::MAIL
+    };
+
+    async fn connect(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        _: &milter_core::ConnectInfo,
+    ) -> milter_core::Verdict {
+        self.bump("connect");
+        milter_core::Verdict::Continue
+    }
+    async fn helo(&mut self, _: &milter_core::Context<'_>, _: &[u8]) -> milter_core::Verdict {
+        self.bump("helo");
+        milter_core::Verdict::Continue
+    }
+    async fn mail(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        from: &milter_core::Envelope,
+    ) -> milter_core::Verdict {
+        self.bump("mail");
+        if from.address_str() == "spammer@remote.test" {
+            return milter_core::Verdict::reply(550, "5.7.1", "sender refused by MAIL-only milter");
+        }
+        milter_core::Verdict::Continue
+    }
+    async fn rcpt(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        _: &milter_core::Envelope,
+    ) -> milter_core::Verdict {
+        self.bump("rcpt");
+        milter_core::Verdict::Continue
+    }
+    async fn data(&mut self, _: &milter_core::Context<'_>) -> milter_core::Verdict {
+        self.bump("data");
+        milter_core::Verdict::Continue
+    }
+    async fn header(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        _: &[u8],
+        _: &[u8],
+    ) -> milter_core::Verdict {
+        self.bump("header");
+        milter_core::Verdict::Continue
+    }
+    async fn eoh(&mut self, _: &milter_core::Context<'_>) -> milter_core::Verdict {
+        self.bump("eoh");
+        milter_core::Verdict::Continue
+    }
+    async fn body(&mut self, _: &milter_core::Context<'_>, _: &[u8]) -> milter_core::Verdict {
+        self.bump("body");
+        milter_core::Verdict::Continue
+    }
+    async fn eom(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        _: &mut milter_core::EomActions,
+    ) -> milter_core::Verdict {
+        self.bump("eom");
+        milter_core::Verdict::Continue
+    }
+}
+
+/// Two messages and one refused sender over one SMTP session; the delivered count.
+fn two_messages_and_a_refused_sender(pf: &Postfix) -> Result<()> {
+    let (mut c, _) = SmtpClient::connect(pf.mx_port())?;
+    c.expect("EHLO client.remote.test", 250)?;
+    for subject in ["derived one", "derived two"] {
+        c.expect("MAIL FROM:<alice@remote.test>", 250)?;
+        c.expect("RCPT TO:<user@example.test>", 250)?;
+        let r = c.data(&message(subject))?;
+        anyhow::ensure!(r.code == 250, "{subject}: {} {}", r.code, r.text);
+    }
+    let r = c.expect("MAIL FROM:<spammer@remote.test>", 550)?;
+    anyhow::ensure!(
+        r.text.contains("sender refused by MAIL-only milter"),
+        "{}",
+        r.text
+    );
+    c.expect("QUIT", 221)?;
+    Ok(())
+}
+
+#[test]
+fn a_mail_only_milter_is_sent_no_other_events_and_mail_flows() -> Result<()> {
+    const EVENTS: [&str; 8] = [
+        "connect", "helo", "rcpt", "data", "header", "eoh", "body", "mail",
+    ];
+    // Control: the same milter declaring every event sees them all from this Postfix,
+    // so the counts below are not zero for want of counting.
+    let all = Counting::<true>::default();
+    let seen = all.clone();
+    let milter = MilterServer::start(move || seen.clone())?;
+    let pf = Postfix::builder().mx_milters(&milter.spec()).start()?;
+    two_messages_and_a_refused_sender(&pf)?;
+    pf.maildir("example.test", "user").wait_for(2, T)?;
+    for e in EVENTS {
+        assert!(all.get(e) > 0, "{e} not seen by the every-event milter");
+    }
+    drop(milter);
+    drop(pf);
+
+    // MAIL only: Postfix sends MAIL (three times) and end of message, nothing else; the
+    // reject at MAIL still reaches the client, the two messages are delivered.
+    let mail_only = Counting::<false>::default();
+    let seen = mail_only.clone();
+    let milter = MilterServer::start(move || seen.clone())?;
+    let pf = Postfix::builder().mx_milters(&milter.spec()).start()?;
+    two_messages_and_a_refused_sender(&pf)?;
+    let msgs = pf.maildir("example.test", "user").wait_for(2, T)?;
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(mail_only.get("mail"), 3);
+    assert_eq!(mail_only.get("eom"), 2);
+    for e in EVENTS.iter().filter(|e| **e != "mail") {
+        assert_eq!(
+            mail_only.get(e),
+            0,
+            "Postfix sent {e} to a MAIL-only milter"
+        );
+    }
+    Ok(())
+}

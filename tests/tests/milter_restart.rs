@@ -10,9 +10,10 @@
 //! serving the SMTP sessions it has, further messages included, until Postfix ends them;
 //! the new one takes the sessions that start after it listens. What it does not cover
 //! (and avoids on purpose) is an SMTP session that starts in the instant between the old
-//! process closing its listener and the new one binding: with no listener handover
-//! (socket activation, an inherited listener or SO_REUSEPORT, none of which milter-core
-//! has yet) Postfix's connection is refused then and it applies `milter_default_action`.
+//! process closing its listener and the new one binding: a process that binds its own
+//! address has Postfix's connection refused then (`milter_default_action` applies). With
+//! an inherited listener (socket activation) that gap is closed; that is tested in
+//! dkim-milter/tests/socket_activation.rs.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,8 @@
 //! - [`logging`] and [`run`]: `tracing` set-up and the runtime around a daemon's `serve`.
 //! - [`metrics`]: the Prometheus recorder (metrics-exporter-prometheus), the `GET /metrics`
 //!   endpoint (hyper), bounded counter sets and the reload counter.
+//! - [`systemd`]: socket activation (serve on the socket systemd holds across restarts)
+//!   and `READY=1`/`STOPPING=1` notification.
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -17,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod reload;
 pub mod run;
+pub mod systemd;
 
 pub use config::{Cidr, ConfigError, MetricsListen, SocketMode, Span};
 pub use reload::{Fingerprint, Reloadable, Shared};

@@ -1,12 +1,9 @@
 //! Milter addresses: the same forms the server listens on (`inet:host:port`,
-//! `inet:port@host`, `inet6:...`, `unix:/path`, `local:/path`), parsed by the server's
-//! [`Endpoint`] parser so both sides agree.
+//! `inet:port@host`, `inet6:...`, `unix:/path`, `local:/path`), parsed by the one
+//! [`Endpoint`] parser the server uses, so both sides agree.
 
-#[cfg(not(feature = "server"))]
-pub use crate::endpoint::Endpoint;
+pub use crate::address::Endpoint;
 use crate::error::Error;
-#[cfg(feature = "server")]
-pub use crate::server::Endpoint;
 
 /// Parses a milter address to connect to; port 0 (bind-only) is refused.
 pub fn parse_connect(spec: &str) -> Result<Endpoint, Error> {

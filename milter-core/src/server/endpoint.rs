@@ -3,125 +3,25 @@
 //! Accepted forms: `inet:HOST:PORT`, `inet:PORT@HOST` (OpenDKIM, libmilter),
 //! `inet6:PORT@HOST`, `inet6:[ADDR]:PORT`, `inet:PORT` (all interfaces), `[::1]:PORT`,
 //! `HOST:PORT`, `unix:/path`, `local:/path` and a bare `/path`.
+//!
+//! Instead of an address the server also takes a socket that is already listening
+//! ([`Inherited`]): one systemd passes by socket activation ([`systemd_listeners`]), or one
+//! the caller bound or received. The socket outlives the process's restarts, so the MTA
+//! never finds nothing listening.
 
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use tokio::net::{TcpListener, UnixListener};
 
 use crate::error::Error;
 
-/// Where the server listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// A TCP socket; `host` is an address or a name resolved at bind time.
-    Tcp {
-        /// Host name or address, without brackets.
-        host: String,
-        /// Port (0 picks a free one; see [`Server::local_addrs`](super::Server::local_addrs)).
-        port: u16,
-        /// `inet6:` was given: bind an IPv6 address only.
-        ipv6: bool,
-    },
-    /// A unix-domain socket at this path.
-    Unix(PathBuf),
-}
-
-fn bad(spec: &str, reason: impl Into<String>) -> Error {
-    Error::Address {
-        spec: spec.to_owned(),
-        reason: reason.into(),
-    }
-}
-
-impl Endpoint {
-    /// Parses a listen address (see the module docs for the forms).
-    pub fn parse(spec: &str) -> Result<Endpoint, Error> {
-        let s = spec.trim();
-        if let Some(path) = s.strip_prefix("unix:").or_else(|| s.strip_prefix("local:")) {
-            if path.is_empty() {
-                return Err(bad(spec, "empty socket path"));
-            }
-            return Ok(Endpoint::Unix(PathBuf::from(path)));
-        }
-        if s.starts_with('/') {
-            return Ok(Endpoint::Unix(PathBuf::from(s)));
-        }
-        let (rest, ipv6) = if let Some(r) = s.strip_prefix("inet6:") {
-            (r, true)
-        } else if let Some(r) = s.strip_prefix("inet:") {
-            (r, false)
-        } else if s.contains(':') {
-            (s, false)
-        } else {
-            return Err(bad(
-                spec,
-                "expected inet:HOST:PORT, inet:PORT@HOST, inet6:PORT@HOST, [ADDR]:PORT, HOST:PORT, unix:/path or local:/path",
-            ));
-        };
-        let (host, port) = if let Some((port, host)) = rest.split_once('@') {
-            (host, port)
-        } else if let Some(inner) = rest.strip_prefix('[') {
-            let (addr, port) = inner
-                .split_once("]:")
-                .ok_or_else(|| bad(spec, "expected [ADDR]:PORT"))?;
-            (addr, port)
-        } else if rest.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() {
-            (if ipv6 { "::" } else { "0.0.0.0" }, rest)
-        } else {
-            rest.rsplit_once(':')
-                .ok_or_else(|| bad(spec, "missing :PORT"))?
-        };
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() {
-            return Err(bad(spec, "empty host"));
-        }
-        if host.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
-            return Err(bad(spec, "host contains a space, '/' or '@'"));
-        }
-        let port: u16 = port.parse().map_err(|_| {
-            bad(
-                spec,
-                format!("port {port:?} is not a number from 0 to 65535"),
-            )
-        })?;
-        Ok(Endpoint::Tcp {
-            host: host.to_owned(),
-            port,
-            ipv6,
-        })
-    }
-}
-
-impl FromStr for Endpoint {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Endpoint, Error> {
-        Endpoint::parse(s)
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Tcp { host, port, ipv6 } => {
-                let scheme = if *ipv6 { "inet6" } else { "inet" };
-                if host.contains(':') {
-                    write!(f, "{scheme}:[{host}]:{port}")
-                } else {
-                    write!(f, "{scheme}:{host}:{port}")
-                }
-            }
-            Endpoint::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
+pub use crate::address::Endpoint;
+use crate::address::bad;
 
 /// How unix-domain sockets are created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +196,147 @@ fn bind_unix(ep: &Endpoint, path: &Path, opts: &UnixSocketOptions) -> Result<Lis
         id: meta.map(|m| (m.dev(), m.ino())),
     };
     Ok(Listener::Unix(listener, file))
+}
+
+/// A listening socket handed to the server ready-made, instead of an address to bind.
+///
+/// A unix socket file of an inherited listener belongs to whoever created it (systemd):
+/// the server never removes it, so the next process finds it in place.
+#[derive(Debug)]
+pub enum Inherited {
+    /// A listening TCP socket.
+    Tcp(std::net::TcpListener),
+    /// A listening unix-domain stream socket.
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl From<std::net::TcpListener> for Inherited {
+    fn from(l: std::net::TcpListener) -> Inherited {
+        Inherited::Tcp(l)
+    }
+}
+
+impl From<std::os::unix::net::UnixListener> for Inherited {
+    fn from(l: std::os::unix::net::UnixListener) -> Inherited {
+        Inherited::Unix(l)
+    }
+}
+
+fn inherited_err(what: impl fmt::Display, reason: impl fmt::Display) -> Error {
+    Error::Address {
+        spec: what.to_string(),
+        reason: format!("inherited socket: {reason}"),
+    }
+}
+
+impl Inherited {
+    /// Takes a file descriptor that must be a listening stream socket (TCP or unix), as a
+    /// supervisor hands it over; anything else is refused, naming what it is.
+    pub fn from_fd(fd: OwnedFd) -> Result<Inherited, Error> {
+        use std::os::fd::AsRawFd;
+        let raw = fd.as_raw_fd();
+        let what = format!("fd {raw}");
+        let sock = socket2::Socket::from(fd);
+        let ty = sock
+            .r#type()
+            .map_err(|e| inherited_err(&what, format!("not a socket ({e})")))?;
+        if ty != socket2::Type::STREAM {
+            return Err(inherited_err(&what, "not a stream socket"));
+        }
+        match sock.is_listener() {
+            Ok(true) => {}
+            Ok(false) => return Err(inherited_err(&what, "the socket is not listening")),
+            Err(e) => return Err(inherited_err(&what, e)),
+        }
+        let addr = sock
+            .local_addr()
+            .map_err(|e| inherited_err(&what, format!("no local address ({e})")))?;
+        if addr.as_socket().is_some() {
+            Ok(Inherited::Tcp(sock.into()))
+        } else if addr.is_unix() {
+            Ok(Inherited::Unix(sock.into()))
+        } else {
+            Err(inherited_err(&what, "neither a TCP nor a unix socket"))
+        }
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> BoundAddr {
+        match self {
+            Inherited::Tcp(l) => BoundAddr::Tcp(
+                l.local_addr()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            ),
+            Inherited::Unix(l) => BoundAddr::Unix(
+                l.local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_owned))
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+}
+
+/// The listening sockets systemd passed by socket activation (`LISTEN_FDS`, for this
+/// process by `LISTEN_PID`), each with its name from `LISTEN_FDNAMES` (`FileDescriptorName=`
+/// of the .socket unit; systemd's default is the unit's name). Empty when there are none.
+///
+/// The sockets are taken once per process: the variables are removed, so a second call
+/// (or a child process) finds none. A passed descriptor that is not a listening TCP or
+/// unix stream socket is an error.
+pub fn systemd_listeners() -> Result<Vec<(String, Inherited)>, Error> {
+    // listenfd owns the unsafe part (turning the passed fd numbers into owned sockets,
+    // each at most once, then removing LISTEN_FDS/LISTEN_PID) and checks LISTEN_PID; the
+    // names it does not read. LISTEN_FDNAMES stays set (removing a variable is unsafe
+    // in edition 2024, and without LISTEN_FDS it means nothing).
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|v| v.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut out = Vec::with_capacity(fds.len().min(64));
+    for i in 0..fds.len() {
+        let name = names.get(i).cloned().unwrap_or_default();
+        let what = format!("LISTEN_FDS socket {} ({name:?})", i + 3);
+        let taken = match fds.take_tcp_listener(i) {
+            Ok(Some(l)) => Inherited::Tcp(l),
+            Ok(None) => continue,
+            Err(_) => match fds.take_unix_listener(i) {
+                Ok(Some(l)) => Inherited::Unix(l),
+                Ok(None) => continue,
+                Err(e) => return Err(inherited_err(&what, e)),
+            },
+        };
+        out.push((name, taken));
+    }
+    Ok(out)
+}
+
+/// A tokio listener (non-blocking, registered) on a duplicate of an inherited socket's
+/// descriptor; the original closes with its owner, the socket stays open until both have.
+pub(crate) fn adopt(l: &Inherited) -> Result<Listener, Error> {
+    let addr = l.local_addr();
+    let err = |e: io::Error| inherited_err(&addr, e);
+    match l {
+        Inherited::Tcp(l) => {
+            let l = l.try_clone().map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            Ok(Listener::Tcp(TcpListener::from_std(l).map_err(err)?))
+        }
+        Inherited::Unix(l) => {
+            let l = l.try_clone().map_err(err)?;
+            l.set_nonblocking(true).map_err(err)?;
+            let path = match &addr {
+                BoundAddr::Unix(p) => p.clone(),
+                BoundAddr::Tcp(_) => PathBuf::new(),
+            };
+            // No inode recorded: never removed on drop, the file is not ours.
+            let file = SocketFile { path, id: None };
+            Ok(Listener::Unix(
+                UnixListener::from_std(l).map_err(err)?,
+                file,
+            ))
+        }
+    }
 }
 
 type StageError = (&'static str, io::Error);

@@ -52,8 +52,8 @@
 //! or SIGINT (or [`ShutdownHandle::shutdown`]) the server:
 //!
 //! 1. stops accepting at once: the listening sockets are closed (unix socket files it
-//!    created are removed), so a new instance can bind the same address and take the
-//!    MTA's new connections;
+//!    created are removed; inherited ones stay), so a new instance can bind the same
+//!    address, or accept on the same inherited socket, and take the MTA's new connections;
 //! 2. keeps serving every open connection as before, further messages included, until
 //!    the MTA sends QUIT or closes it. Connections that are between messages, or have
 //!    only done CONNECT/HELO, are *not* closed: every message in flight, and every later
@@ -68,10 +68,32 @@
 //!
 //! A second SIGTERM/SIGINT during the drain skips to step 3.
 //!
-//! The window between the old process closing its listener and a new one binding is not
-//! covered yet: a connection attempted then is refused, and the MTA applies its default
-//! action to that SMTP session. Taking the listener over from a service manager (socket
-//! activation) or from the old process closes that gap; see the changelog.
+//! # Restarts that refuse nothing: an inherited listener
+//!
+//! A process that binds its own address leaves a gap on restart: between the old one
+//! closing its listener and the new one binding, a connection is refused and the MTA
+//! applies its default action to that SMTP session. Hand the server a socket that a
+//! longer-lived owner keeps listening instead ([`Builder::listener`], [`Builder::listen_fd`],
+//! or systemd socket activation through [`systemd_listeners`]): while no process accepts,
+//! new connections wait in the socket's backlog, and the next process accepts them.
+//!
+//! ```no_run
+//! # use milter_core::handler::Milter;
+//! # struct Noop; impl Milter for Noop {}
+//! # async fn run() -> Result<(), milter_core::Error> {
+//! use milter_core::server::{Server, systemd_listeners};
+//!
+//! let mut builder = Server::builder();
+//! let inherited = systemd_listeners()?;
+//! if inherited.is_empty() {
+//!     builder = builder.listen("inet:127.0.0.1:8891")?;
+//! }
+//! for (_name, listener) in inherited {
+//!     builder = builder.listener(listener);
+//! }
+//! builder.serve(|| Noop).await
+//! # }
+//! ```
 
 mod conn;
 mod endpoint;
@@ -88,7 +110,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use conn::{ConnectionConfig, serve_connection};
-pub use endpoint::{BoundAddr, Endpoint, UnixSocketOptions};
+pub use endpoint::{BoundAddr, Endpoint, Inherited, UnixSocketOptions, systemd_listeners};
 pub use limits::{Limits, Timeouts};
 pub use metrics::ServerMetrics;
 
@@ -130,6 +152,8 @@ impl ShutdownHandle {
 #[derive(Debug, Clone)]
 pub struct Builder {
     endpoints: Vec<Endpoint>,
+    /// Shared so the builder stays `Clone`; [`Builder::bind`] duplicates the descriptor.
+    inherited: Vec<Arc<Inherited>>,
     unix: UnixSocketOptions,
     limits: Limits,
     timeouts: Timeouts,
@@ -145,6 +169,20 @@ impl Builder {
     pub fn listen(mut self, spec: &str) -> Result<Builder, Error> {
         self.endpoints.push(Endpoint::parse(spec)?);
         Ok(self)
+    }
+
+    /// Serves on a socket that is already listening (TCP or unix), e.g. one held by a
+    /// supervisor across restarts; see [Restarts](self#restarts-that-refuse-nothing-an-inherited-listener).
+    /// Its unix socket file, if any, is left in place at shutdown.
+    pub fn listener(mut self, listener: impl Into<Inherited>) -> Builder {
+        self.inherited.push(Arc::new(listener.into()));
+        self
+    }
+
+    /// Serves on a listening socket given as a file descriptor; refused unless it is a
+    /// listening TCP or unix stream socket.
+    pub fn listen_fd(self, fd: std::os::fd::OwnedFd) -> Result<Builder, Error> {
+        Ok(self.listener(Inherited::from_fd(fd)?))
     }
 
     /// Adds a parsed listen address.
@@ -224,14 +262,19 @@ impl Builder {
     /// Binds every address. Errors name the address and the reason (in use, permission,
     /// not a socket, ...).
     pub async fn bind(self) -> Result<Server, Error> {
-        if self.endpoints.is_empty() {
+        if self.endpoints.is_empty() && self.inherited.is_empty() {
             return Err(Error::Address {
                 spec: String::new(),
                 reason: "no listen address given".into(),
             });
         }
         let metrics = ServerMetrics::register();
-        let mut listeners = Vec::with_capacity(self.endpoints.len());
+        let mut listeners = Vec::with_capacity(self.endpoints.len() + self.inherited.len());
+        for l in &self.inherited {
+            let l = endpoint::adopt(l)?;
+            tracing::info!(address = %l.local_addr(), "listening on an inherited socket");
+            listeners.push(l);
+        }
         for ep in &self.endpoints {
             let l = endpoint::bind(ep, &self.unix).await?;
             tracing::info!(address = %l.local_addr(), "listening");
@@ -279,6 +322,7 @@ impl Server {
     pub fn builder() -> Builder {
         Builder {
             endpoints: Vec::new(),
+            inherited: Vec::new(),
             unix: UnixSocketOptions::default(),
             limits: Limits::standard(),
             timeouts: Timeouts::libmilter(),
