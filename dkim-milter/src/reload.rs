@@ -137,6 +137,10 @@ impl Reloadable for State {
             ),
             ("dns-timeout", new.dns_timeout != old.dns_timeout),
             (
+                "minimum-key-bits",
+                new.minimum_key_bits != old.minimum_key_bits,
+            ),
+            (
                 "dns-override-file",
                 new.dns_override_file != old.dns_override_file,
             ),

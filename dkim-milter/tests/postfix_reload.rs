@@ -87,6 +87,14 @@ fn broken_config_on_sighup_keeps_serving_and_new_key_dir_is_picked_up() {
     assert_verifies(&msg, &[b.record()], 1);
     d.wait_lines("from=x@b.test: signed d=b.test s=new", 1);
 
+    // SIGUSR1 reloads too (its default action would kill the process): the reload names
+    // the signal, and the daemon goes on signing.
+    d.signal(libc::SIGUSR1);
+    d.wait_lines("reloaded (SIGUSR1)", 1);
+    send(&pf, "x@b.test", "after sigusr1");
+    let msg = by_subject(&pf.sink().wait_for(3, T).unwrap(), "after sigusr1");
+    assert_verifies(&msg, &[b.record()], 1);
+
     // SIGTERM: graceful shutdown, exit status 0.
     assert!(d.terminate(), "{}", d.log());
     assert!(d.log().contains("server stopped"), "{}", d.log());
