@@ -29,6 +29,12 @@ fn debian_conf(sandbox: &Path, name: &str, port: u16, kt: &Path, st: &Path) -> s
         } else if l.starts_with("PidFile") {
             out.push_str(&format!("PidFile\t\t\t{}/{name}.pid\n", sandbox.display()));
             pid = true;
+        } else if l.starts_with("Syslog\t") && name == "dkim-milter" {
+            // The stock `Syslog yes` would send our log to the host's /dev/log, where this
+            // test cannot read the decision and warning lines; stderr keeps them in the
+            // test's log file. The translation of `Syslog yes` is checked on the unchanged
+            // file below (--print-config), syslog delivery itself in tests/syslog.rs.
+            out.push_str("Syslog\t\t\tno\n");
         } else {
             out.push_str(l);
             out.push('\n');
@@ -136,6 +142,18 @@ fn debian_stock_config_signs_like_opendkim() {
     )
     .unwrap();
     dm.wait_ready("dkim-milter listening on", T).unwrap();
+    // The unchanged stock file's `Syslog yes` becomes log-target = "syslog".
+    let printed = Command::new(env!("CARGO_BIN_EXE_dkim-milter"))
+        .arg("--opendkim-config")
+        .arg(format!("{FIXTURES}/debian-stock.conf"))
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.lines().any(|l| l == "log-target = \"syslog\""),
+        "{printed}"
+    );
     let log = dm.log();
     // One warning per ignored option, with file:line.
     for (opt, line) in [("SyslogSuccess", 7), ("TrustAnchorFile", 50)] {
