@@ -363,7 +363,8 @@ pub struct Config {
     pub domain: BTreeMap<String, DomainConfig>,
 }
 
-/// RFC 6376 §5.4.1 header fields that SHOULD be signed.
+/// The default `sign-headers`: RFC 6376 §5.4.1's "SHOULD" list ([`RFC6376_SIGN_HEADERS`],
+/// its first 19 entries) plus Message-ID and the MIME headers.
 pub const DEFAULT_SIGN_HEADERS: &[&str] = &[
     "From",
     "Reply-To",
@@ -389,6 +390,9 @@ pub const DEFAULT_SIGN_HEADERS: &[&str] = &[
     "Content-Type",
     "Content-Transfer-Encoding",
 ];
+
+/// RFC 6376 §5.4.1's list alone (OpenDKIM's default, libopendkim's `dkim_should_signhdrs`).
+pub const RFC6376_SIGN_HEADERS: &[&str] = DEFAULT_SIGN_HEADERS.split_at(19).0;
 
 impl Default for Config {
     fn default() -> Self {
@@ -593,6 +597,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc6376_list_is_the_default_list_up_to_list_archive() {
+        assert_eq!(RFC6376_SIGN_HEADERS.first(), Some(&"From"));
+        assert_eq!(RFC6376_SIGN_HEADERS.last(), Some(&"List-Archive"));
+        assert_eq!(DEFAULT_SIGN_HEADERS[19], "Message-ID");
+    }
 
     fn p(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, Path::new("/etc/dkim-milter.toml"))

@@ -121,27 +121,7 @@ pub fn load(path: &Path) -> Result<Translation, ConfigError> {
 
 /// OpenDKIM's default signed headers: RFC 6376 §5.4.1's "SHOULD" list, as libopendkim's
 /// `dkim_should_signhdrs` (dkim-milter's own default adds Message-ID and MIME headers).
-pub const OPENDKIM_SIGN_HEADERS: &[&str] = &[
-    "From",
-    "Reply-To",
-    "Subject",
-    "Date",
-    "To",
-    "Cc",
-    "Resent-Date",
-    "Resent-From",
-    "Resent-To",
-    "Resent-Cc",
-    "In-Reply-To",
-    "References",
-    "List-Id",
-    "List-Help",
-    "List-Unsubscribe",
-    "List-Subscribe",
-    "List-Post",
-    "List-Owner",
-    "List-Archive",
-];
+pub const OPENDKIM_SIGN_HEADERS: &[&str] = crate::config::RFC6376_SIGN_HEADERS;
 
 /// Options read without effect and why; everything else unknown is also ignored.
 const NO_EQUIVALENT: &[(&str, &str)] = &[
