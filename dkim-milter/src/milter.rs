@@ -13,7 +13,9 @@ use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::negotiate::{Offer, Request};
 use milter_core::proto::command::code;
 use milter_core::server::{Server, ShutdownHandle, UnixSocketOptions};
-use milter_core::{Actions, ConnectInfo, Envelope, ProtocolFlags, SocketInfo, Stage, Verdict};
+use milter_core::{
+    Actions, Bytes, ConnectInfo, Envelope, ProtocolFlags, SocketInfo, Stage, Verdict,
+};
 
 use crate::config::Config;
 use crate::metrics::DkimMetrics;
@@ -232,8 +234,8 @@ impl Milter for DkimMilter {
         Verdict::Continue
     }
 
-    async fn header(&mut self, ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
-        self.tx(ctx).header(name, value);
+    async fn header(&mut self, ctx: &Context<'_>, name: Bytes, value: Bytes) -> Verdict {
+        self.tx(ctx).header(&name, &value);
         Verdict::Continue
     }
 
@@ -243,9 +245,9 @@ impl Milter for DkimMilter {
         Verdict::Continue
     }
 
-    async fn body(&mut self, ctx: &Context<'_>, chunk: &[u8]) -> Verdict {
+    async fn body(&mut self, ctx: &Context<'_>, chunk: Bytes) -> Verdict {
         let tx = self.tx(ctx);
-        tx.body(chunk);
+        tx.body(&chunk);
         let can_skip = ctx
             .negotiated()
             .is_some_and(|n| n.skip() && !n.no_reply(code::BODY));

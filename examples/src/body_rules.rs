@@ -3,7 +3,7 @@
 
 use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::negotiate::{Offer, Request};
-use milter_core::{Actions, Verdict};
+use milter_core::{Actions, Bytes, Verdict};
 
 /// The rules, applied at end of message.
 #[derive(Debug, Clone, Default)]
@@ -71,12 +71,12 @@ impl Milter for BodyRules {
         Verdict::Continue
     }
 
-    async fn body(&mut self, _ctx: &Context<'_>, chunk: &[u8]) -> Verdict {
+    async fn body(&mut self, _ctx: &Context<'_>, chunk: Bytes) -> Verdict {
         if self.too_big || self.body.len() + chunk.len() > self.rules.max_body {
             self.too_big = true;
             self.body.clear();
         } else {
-            self.body.extend_from_slice(chunk);
+            self.body.extend_from_slice(&chunk);
         }
         Verdict::Continue
     }

@@ -45,8 +45,8 @@ impl Milter for Recorder {
         Verdict::Continue
     }
 
-    async fn helo(&mut self, _ctx: &Context<'_>, helo: &[u8]) -> Verdict {
-        self.log(format!("helo {}", String::from_utf8_lossy(helo)));
+    async fn helo(&mut self, _ctx: &Context<'_>, helo: Bytes) -> Verdict {
+        self.log(format!("helo {}", String::from_utf8_lossy(&helo)));
         Verdict::Continue
     }
 
@@ -68,14 +68,14 @@ impl Milter for Recorder {
         Verdict::Continue
     }
 
-    async fn header(&mut self, _ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
+    async fn header(&mut self, _ctx: &Context<'_>, name: Bytes, value: Bytes) -> Verdict {
         if name.eq_ignore_ascii_case(b"subject") {
-            self.log(format!("subject {}", String::from_utf8_lossy(value)));
+            self.log(format!("subject {}", String::from_utf8_lossy(&value)));
         }
         Verdict::Continue
     }
 
-    async fn body(&mut self, _ctx: &Context<'_>, chunk: &[u8]) -> Verdict {
+    async fn body(&mut self, _ctx: &Context<'_>, chunk: Bytes) -> Verdict {
         self.log(format!("body {} bytes", chunk.len()));
         Verdict::Continue
     }

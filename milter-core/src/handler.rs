@@ -3,7 +3,9 @@
 //!
 //! One handler instance serves one milter connection (one SMTP session of the MTA), so
 //! `&mut self` is per-connection state: no locking, and connection facts (the client, its
-//! HELO) stay put across the messages of that connection.
+//! HELO) stay put across the messages of that connection. The core never resets the
+//! handler's fields between messages; [what it does reset](#between-messages-on-one-connection),
+//! and when, is below.
 //!
 //! Every callback has a default that continues, so a milter overrides only what it needs,
 //! and declares those events once in [`Milter::EVENTS`]: the MTA is then asked not to send
@@ -35,6 +37,54 @@
 //! assert!(agreed.protocol.contains(ProtocolFlags::NO_HEADERS | ProtocolFlags::NO_BODY));
 //! assert!(!agreed.protocol.contains(ProtocolFlags::NO_MAIL));
 //! ```
+//!
+//! # Between messages on one connection
+//!
+//! An SMTP session can carry several messages (Postfix: one per MAIL FROM, RSET between
+//! or not), all through the same handler instance. What the bundled server guarantees
+//! (`server::serve_connection`, so also `Server` and the `testing` kit), each rule tested
+//! in `milter-core/tests/per_message_reset.rs`:
+//!
+//! - **A message starts** with the first of its events to reach the handler: `mail`, or
+//!   the first later one when MAIL is negotiated away. [`Context::message_number`] counts
+//!   up by one then (1 for the first message), and stays until the next one starts.
+//! - **Exactly one of `eom` or `abort` ends each message that started.** `eom` ends it
+//!   when it returns (whatever its verdict). Otherwise `abort` comes, once:
+//!   - the MTA aborted it (ABORT: the client sent RSET, or went away);
+//!   - a verdict ended it early: anything but `Continue` (and `Skip` in the body) at
+//!     `mail`, `data`, `header`, `eoh`, `body`, and `Accept` or `Discard` at `rcpt`.
+//!     `abort` then runs right after the verdict is queued, before the next event. No
+//!     further event of that message reaches the handler, and the MTA's own ABORT, if it
+//!     sends one, comes outside a message and is absorbed (no second `abort`). `Reject`,
+//!     `Tempfail` and a reply code at `rcpt` refuse only that recipient: the message goes
+//!     on;
+//!   - `eom` did not return: it ran out of its budget or the drain deadline passed, or
+//!     data the MTA sent with end of message was refused in `body` (then `eom` is not
+//!     called);
+//!   - the connection ends inside the message (QUIT, QUIT_NC, EOF, a protocol error, a
+//!     timeout, a shutdown): `abort`, then `close`.
+//! - **Reset per-message state in both `eom` and `abort`**, since the handler instance
+//!   outlives the message; what is left there after `eom`/`abort` would leak into the
+//!   next message. (Resetting in `mail` instead is not enough: MAIL can be negotiated away,
+//!   and a handler that keeps a body would hold it until the next MAIL.)
+//! - **A new MAIL after a message ended starts the next message, with or without ABORT in
+//!   between** (Postfix sends ABORT at RSET, but after a message-ending verdict or a
+//!   finished message the next MAIL may come directly). A MAIL while a message is still
+//!   under way (no end of message, verdict or ABORT since its MAIL) breaks the protocol:
+//!   the connection is closed, with `abort` and `close`.
+//! - **Macros of the message stages are dropped when the message ends**: those the MTA
+//!   sent for MAIL, RCPT, DATA, the headers, end of headers, the body, end of message
+//!   and UNKNOWN (`i`, `{mail_addr}`, `{rcpt_addr}`, `{auth_authen}`...). They stay
+//!   readable in the `eom` or `abort` that ends the message (the queue id for a log line)
+//!   and are gone from the next event on. The macros of CONNECT and HELO (`j`,
+//!   `{daemon_name}`, `{client_addr}`...) stay for the whole connection, and so do
+//!   [`Context::connect_info`] and [`Context::helo`] (a new HELO replaces the latter).
+//!   Macros the MTA sends for a stage also replace those of that stage and every later
+//!   one, so a new MAIL's macros replace the last message's even without an end.
+//! - **QUIT_NC** (one SMTP session ends, another follows on the same milter connection)
+//!   ends the handler: `abort` if inside a message, then `close`, and a fresh instance
+//!   from the factory serves the next session, with all macros, the CONNECT information
+//!   and the HELO forgotten.
 
 use std::future::Future;
 
@@ -48,7 +98,26 @@ use crate::proto::{ConnectInfo, Envelope, Macros, Modification, Verdict};
 /// A milter: async callbacks, one per MTA event, each answering with a [`Verdict`].
 ///
 /// Callbacks are written as `async fn` in implementations; the futures must be `Send`
-/// because connections run on a multi-threaded runtime.
+/// because connections run on a multi-threaded runtime. The instance lives for the
+/// connection: reset per-message state in [`eom`](Self::eom) and [`abort`](Self::abort)
+/// (the [rules](crate::handler#between-messages-on-one-connection)).
+///
+/// # Payloads are handed over as `Bytes`
+///
+/// [`helo`](Self::helo), [`header`](Self::header), [`body`](Self::body) and
+/// [`unknown`](Self::unknown) receive [`Bytes`] by value: reference-counted views into the
+/// frame the server read from the socket, never copied on the way. They read like
+/// `&[u8]` (`Bytes` derefs to it), and a handler that keeps them (a body to send to a
+/// scanner, headers to sign) stores them as they are, with no memcpy.
+///
+/// By value rather than `&Bytes`: the server has no use for the payload once the callback
+/// has it, so ownership moves to the handler: keeping a chunk costs nothing (a `&Bytes`
+/// would cost a clone, an atomic increment, per chunk kept), and ignoring one costs the
+/// drop the server would do anyway. A kept chunk holds the read buffer it points into
+/// (at most one frame plus the read-ahead; the server's `Limits::max_frame` bounds frames);
+/// copy it (`Bytes::copy_from_slice`) if you keep a few bytes for long. The structured
+/// arguments ([`ConnectInfo`], [`Envelope`]) come by reference: their fields are `Bytes`
+/// too, cheap to clone.
 ///
 /// Verdicts the protocol does not allow at a stage (e.g. a reject at a stage negotiated as
 /// no-reply, or `Skip` outside the body) are a [`UsageError`]: the server logs it and
@@ -91,8 +160,9 @@ pub trait Milter: Send + 'static {
         async { Verdict::Continue }
     }
 
-    /// HELO or EHLO with its argument.
-    fn helo(&mut self, ctx: &Context<'_>, helo: &[u8]) -> impl Future<Output = Verdict> + Send {
+    /// HELO or EHLO with its argument (a view into the frame the MTA sent, see
+    /// [Payloads](Milter#payloads-are-handed-over-as-bytes)).
+    fn helo(&mut self, ctx: &Context<'_>, helo: Bytes) -> impl Future<Output = Verdict> + Send {
         let _ = (ctx, helo);
         async { Verdict::Continue }
     }
@@ -115,12 +185,14 @@ pub trait Milter: Send + 'static {
         async { Verdict::Continue }
     }
 
-    /// One header field; folded lines are separated by `\n`.
+    /// One header field; folded lines are separated by `\n`. `name` and `value` are views
+    /// into the frame the MTA sent: keep them as they are, no copy is made
+    /// ([Payloads](Milter#payloads-are-handed-over-as-bytes)).
     fn header(
         &mut self,
         ctx: &Context<'_>,
-        name: &[u8],
-        value: &[u8],
+        name: Bytes,
+        value: Bytes,
     ) -> impl Future<Output = Verdict> + Send {
         let _ = (ctx, name, value);
         async { Verdict::Continue }
@@ -132,13 +204,19 @@ pub trait Milter: Send + 'static {
         async { Verdict::Continue }
     }
 
-    /// A body chunk (CRLF line endings; a CRLF pair may be split between chunks).
-    fn body(&mut self, ctx: &Context<'_>, chunk: &[u8]) -> impl Future<Output = Verdict> + Send {
+    /// A body chunk (CRLF line endings; a CRLF pair may be split between chunks), a view
+    /// into the frame the MTA sent: a milter that needs the whole body keeps the chunks
+    /// (e.g. in a `Vec<Bytes>`) instead of copying them
+    /// ([Payloads](Milter#payloads-are-handed-over-as-bytes)). Data the MTA sends with end
+    /// of message comes here first, as a last chunk, like libmilter does.
+    fn body(&mut self, ctx: &Context<'_>, chunk: Bytes) -> impl Future<Output = Verdict> + Send {
         let _ = (ctx, chunk);
         async { Verdict::Continue }
     }
 
-    /// End of message: the only place to modify the message, through `actions`.
+    /// End of message: the only place to modify the message, through `actions`. When it
+    /// returns, the message is over for the handler (no `abort` follows): reset
+    /// per-message state here too.
     ///
     /// While this runs the server sends PROGRESS to the MTA at a fixed interval, so slow
     /// work (signing, scanning) does not trip the MTA's timeout, until the callback budget
@@ -153,15 +231,18 @@ pub trait Milter: Send + 'static {
         async { Verdict::Continue }
     }
 
-    /// The current message was abandoned (client RSET, or a message ended early); the
-    /// connection goes on. Reset per-message state here.
+    /// The current message ended without a completed [`eom`](Self::eom): the MTA aborted
+    /// it (client RSET), a verdict ended it early, `eom` was dropped, or the connection
+    /// ends inside it (then `close` follows). Called once per such message and never
+    /// outside one ([rules](crate::handler#between-messages-on-one-connection)). Reset
+    /// per-message state here and in `eom`; the message's macros are still readable.
     fn abort(&mut self, ctx: &Context<'_>) -> impl Future<Output = ()> + Send {
         let _ = ctx;
         async {}
     }
 
-    /// An SMTP command the MTA did not recognise.
-    fn unknown(&mut self, ctx: &Context<'_>, line: &[u8]) -> impl Future<Output = Verdict> + Send {
+    /// An SMTP command the MTA did not recognise (the line, without CRLF).
+    fn unknown(&mut self, ctx: &Context<'_>, line: Bytes) -> impl Future<Output = Verdict> + Send {
         let _ = (ctx, line);
         async { Verdict::Continue }
     }
@@ -186,27 +267,90 @@ pub struct Context<'a> {
     pub(crate) span: &'a tracing::Span,
 }
 
-impl<'a> Context<'a> {
-    /// A context from its parts, for driving a [`Milter`] outside the bundled server
-    /// (custom transports, unit tests of a handler).
-    pub fn new(
-        macros: &'a Macros,
-        negotiated: Option<&'a Negotiated>,
-        connect_info: Option<&'a ConnectInfo>,
-        helo: Option<&'a [u8]>,
-        connection_id: u64,
-        message: u64,
-        span: &'a tracing::Span,
-    ) -> Context<'a> {
+/// No macros, for [`Context::default`].
+static NO_MACROS: std::sync::LazyLock<Macros> = std::sync::LazyLock::new(Macros::default);
+/// No span, for [`Context::default`].
+static NO_SPAN: tracing::Span = tracing::Span::none();
+
+/// A context as before CONNECT: no macros, not negotiated, no CONNECT information or
+/// HELO, connection and message number 0, a disabled span. The `with_*` setters fill it
+/// in, for driving a [`Milter`] outside the bundled server (custom transports, unit tests
+/// of a handler):
+///
+/// ```
+/// use milter_core::Context;
+/// use milter_core::proto::Macros;
+///
+/// let mut macros = Macros::default();
+/// macros.define(b'M', vec![("i".into(), "4XyZ1".into())]).unwrap();
+/// let ctx = Context::default()
+///     .with_macros(&macros)
+///     .with_helo(b"client.example")
+///     .with_message_number(1);
+/// assert_eq!(ctx.macro_str("i").as_deref(), Some("4XyZ1"));
+/// assert_eq!(ctx.helo(), Some(&b"client.example"[..]));
+/// assert!(ctx.negotiated().is_none());
+/// ```
+impl Default for Context<'_> {
+    fn default() -> Self {
         Context {
-            macros,
-            negotiated,
-            connect_info,
-            helo,
-            connection_id,
-            message,
-            span,
+            macros: &NO_MACROS,
+            negotiated: None,
+            connect_info: None,
+            helo: None,
+            connection_id: 0,
+            message: 0,
+            span: &NO_SPAN,
         }
+    }
+}
+
+impl<'a> Context<'a> {
+    /// With these macros (see [`macros`](Self::macros)).
+    pub fn with_macros(self, macros: &'a Macros) -> Context<'a> {
+        Context { macros, ..self }
+    }
+
+    /// With what negotiation settled (see [`negotiated`](Self::negotiated)).
+    pub fn with_negotiated(self, negotiated: &'a Negotiated) -> Context<'a> {
+        Context {
+            negotiated: Some(negotiated),
+            ..self
+        }
+    }
+
+    /// With the CONNECT information (see [`connect_info`](Self::connect_info)).
+    pub fn with_connect_info(self, info: &'a ConnectInfo) -> Context<'a> {
+        Context {
+            connect_info: Some(info),
+            ..self
+        }
+    }
+
+    /// With a HELO/EHLO argument (see [`helo`](Self::helo)).
+    pub fn with_helo(self, helo: &'a [u8]) -> Context<'a> {
+        Context {
+            helo: Some(helo),
+            ..self
+        }
+    }
+
+    /// With this connection number (see [`connection_id`](Self::connection_id)).
+    pub fn with_connection_id(self, id: u64) -> Context<'a> {
+        Context {
+            connection_id: id,
+            ..self
+        }
+    }
+
+    /// With this message number (see [`message_number`](Self::message_number)).
+    pub fn with_message_number(self, message: u64) -> Context<'a> {
+        Context { message, ..self }
+    }
+
+    /// With this tracing span (see [`span`](Self::span)).
+    pub fn with_span(self, span: &'a tracing::Span) -> Context<'a> {
+        Context { span, ..self }
     }
 
     /// The macros the MTA has sent so far (libmilter lookup rules: newest stage first).
@@ -241,7 +385,9 @@ impl<'a> Context<'a> {
     }
 
     /// The message's number within this connection, counting from 1; 0 before the first
-    /// message.
+    /// message. It counts up when a message's first event reaches the handler and stays
+    /// until the next message starts (so `eom` and `abort` see the number of the message
+    /// they end).
     pub fn message_number(&self) -> u64 {
         self.message
     }

@@ -64,6 +64,9 @@ mod address;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The byte buffer type of every payload (header, body, HELO, macros), re-exported so a
+/// milter names the same `bytes` version as the library.
+pub use bytes::Bytes;
 pub use error::{Error, NegotiateError, Phase, ProtocolError, UsageError};
 pub use handler::{Context, EomActions, Milter};
 pub use negotiate::{Negotiated, Offer, Request};

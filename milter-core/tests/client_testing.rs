@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::negotiate::{Offer, Request};
 use milter_core::testing::{Transcript, pair};
-use milter_core::{Actions, Envelope, ProtocolFlags, Stage, Verdict};
+use milter_core::{Actions, Bytes, Envelope, ProtocolFlags, Stage, Verdict};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -55,15 +55,15 @@ impl Milter for Recorder {
             Verdict::Continue
         }
     }
-    async fn header(&mut self, _ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
+    async fn header(&mut self, _ctx: &Context<'_>, name: Bytes, value: Bytes) -> Verdict {
         self.seen.lock().unwrap().push(format!(
             "header {}:{}",
-            String::from_utf8_lossy(name),
-            String::from_utf8_lossy(value)
+            String::from_utf8_lossy(&name),
+            String::from_utf8_lossy(&value)
         ));
         Verdict::Continue
     }
-    async fn body(&mut self, _ctx: &Context<'_>, chunk: &[u8]) -> Verdict {
+    async fn body(&mut self, _ctx: &Context<'_>, chunk: Bytes) -> Verdict {
         self.seen
             .lock()
             .unwrap()

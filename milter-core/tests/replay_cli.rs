@@ -17,7 +17,7 @@ use milter_core::client::replay::LoadReport;
 use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::negotiate::{Offer, Request};
 use milter_core::server::{BoundAddr, Server, ShutdownHandle};
-use milter_core::{Actions, Envelope, Verdict};
+use milter_core::{Actions, Bytes, Envelope, Verdict};
 
 const BIN: &str = env!("CARGO_BIN_EXE_milter-replay");
 
@@ -53,8 +53,8 @@ impl Milter for Tagger {
         Verdict::Continue
     }
 
-    async fn header(&mut self, _ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
-        if name.eq_ignore_ascii_case(b"subject") && value == b"reject me" {
+    async fn header(&mut self, _ctx: &Context<'_>, name: Bytes, value: Bytes) -> Verdict {
+        if name.eq_ignore_ascii_case(b"subject") && &value[..] == b"reject me" {
             return Verdict::reply(550, "5.7.1", "go away");
         }
         Verdict::Continue

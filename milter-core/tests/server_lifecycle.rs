@@ -432,8 +432,8 @@ impl Milter for Fragile {
         Tagger.negotiate(offer)
     }
 
-    async fn helo(&mut self, _ctx: &Context<'_>, helo: &[u8]) -> Verdict {
-        if helo == b"panic" {
+    async fn helo(&mut self, _ctx: &Context<'_>, helo: Bytes) -> Verdict {
+        if &helo[..] == b"panic" {
             panic!("handler bug on purpose");
         }
         Verdict::Continue
@@ -474,7 +474,7 @@ async fn handler_panic_closes_only_its_connection() {
 struct Misuser;
 
 impl Milter for Misuser {
-    async fn helo(&mut self, _ctx: &Context<'_>, _helo: &[u8]) -> Verdict {
+    async fn helo(&mut self, _ctx: &Context<'_>, _helo: Bytes) -> Verdict {
         Verdict::Skip
     }
 

@@ -14,7 +14,8 @@ use milter_core::handler::{Context, EomActions, Milter};
 use milter_core::negotiate::{Offer, Request};
 use milter_core::server::{Server, ShutdownHandle, UnixSocketOptions};
 use milter_core::{
-    Actions, ConnectInfo, Envelope as MilterEnvelope, ProtocolFlags, SocketInfo, Stage, Verdict,
+    Actions, Bytes, ConnectInfo, Envelope as MilterEnvelope, ProtocolFlags, SocketInfo, Stage,
+    Verdict,
 };
 
 use crate::decision::{self, Decision, Edit, Headers, Outcome, Reply};
@@ -193,8 +194,8 @@ impl Milter for SpamMilter {
         Verdict::Continue
     }
 
-    async fn helo(&mut self, ctx: &Context<'_>, helo: &[u8]) -> Verdict {
-        self.conn.helo = non_empty(Some(String::from_utf8_lossy(helo).into_owned()));
+    async fn helo(&mut self, ctx: &Context<'_>, helo: Bytes) -> Verdict {
+        self.conn.helo = non_empty(Some(String::from_utf8_lossy(&helo).into_owned()));
         self.session_macros(ctx);
         Verdict::Continue
     }
@@ -218,8 +219,8 @@ impl Milter for SpamMilter {
         Verdict::Continue
     }
 
-    async fn header(&mut self, ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
-        self.message(ctx).collector.header(name, value);
+    async fn header(&mut self, ctx: &Context<'_>, name: Bytes, value: Bytes) -> Verdict {
+        self.message(ctx).collector.header(&name, &value);
         Verdict::Continue
     }
 
@@ -232,8 +233,8 @@ impl Milter for SpamMilter {
         Verdict::Continue
     }
 
-    async fn body(&mut self, ctx: &Context<'_>, chunk: &[u8]) -> Verdict {
-        self.message(ctx).collector.body(chunk);
+    async fn body(&mut self, ctx: &Context<'_>, chunk: Bytes) -> Verdict {
+        self.message(ctx).collector.body(&chunk);
         Verdict::Continue
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use milter_core::Modification;
-use milter_core::client::replay::run_load;
+use milter_core::client::replay::Load;
 use milter_core::client::{ClientConfig, Envelope, MilterClient, Outcome, Transaction};
 use milter_core::session::mta::to_crlf;
 use stack_tests::corpus;
@@ -370,13 +370,10 @@ fn load_mode_64_connections_against_opendkim_has_no_errors() -> R {
         .collect();
     let count = 1280;
     let rt = runtime();
-    let report = rt.block_on(run_load(
-        &od.milter_spec(),
-        &ClientConfig::default(),
-        Arc::new(inputs),
-        64,
-        count,
-    ))?;
+    let load = Load::new(od.milter_spec(), Arc::new(inputs))
+        .concurrency(64)
+        .messages(count);
+    let report = rt.block_on(load.run())?;
     println!("OpenDKIM load, 64 connections: {}", report.summary());
     assert_eq!(report.errors, 0, "errors: {:?}", report.error_samples);
     assert_eq!(report.completed, count);

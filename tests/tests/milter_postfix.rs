@@ -367,7 +367,11 @@ impl<const ALL: bool> milter_core::handler::Milter for Counting<ALL> {
         self.bump("connect");
         milter_core::Verdict::Continue
     }
-    async fn helo(&mut self, _: &milter_core::Context<'_>, _: &[u8]) -> milter_core::Verdict {
+    async fn helo(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        _: milter_core::Bytes,
+    ) -> milter_core::Verdict {
         self.bump("helo");
         milter_core::Verdict::Continue
     }
@@ -397,8 +401,8 @@ impl<const ALL: bool> milter_core::handler::Milter for Counting<ALL> {
     async fn header(
         &mut self,
         _: &milter_core::Context<'_>,
-        _: &[u8],
-        _: &[u8],
+        _: milter_core::Bytes,
+        _: milter_core::Bytes,
     ) -> milter_core::Verdict {
         self.bump("header");
         milter_core::Verdict::Continue
@@ -407,7 +411,11 @@ impl<const ALL: bool> milter_core::handler::Milter for Counting<ALL> {
         self.bump("eoh");
         milter_core::Verdict::Continue
     }
-    async fn body(&mut self, _: &milter_core::Context<'_>, _: &[u8]) -> milter_core::Verdict {
+    async fn body(
+        &mut self,
+        _: &milter_core::Context<'_>,
+        _: milter_core::Bytes,
+    ) -> milter_core::Verdict {
         self.bump("body");
         milter_core::Verdict::Continue
     }

@@ -105,9 +105,9 @@ impl Milter for Sequencer {
         Request::new().with_actions(Actions::ADD_HEADERS | Actions::CHANGE_HEADERS)
     }
 
-    async fn header(&mut self, _ctx: &Context<'_>, name: &[u8], value: &[u8]) -> Verdict {
+    async fn header(&mut self, _ctx: &Context<'_>, name: Bytes, value: Bytes) -> Verdict {
         if name.eq_ignore_ascii_case(b"x-case") {
-            self.case = String::from_utf8_lossy(value).trim().to_string();
+            self.case = String::from_utf8_lossy(&value).trim().to_string();
         }
         Verdict::Continue
     }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use milter_core::Modification;
-use milter_core::client::replay::{collect_inputs, load_transaction, run_load};
+use milter_core::client::replay::{Load, collect_inputs, load_transaction};
 use milter_core::client::{ClientConfig, MilterClient, Outcome, Transaction};
 
 const USAGE: &str = "usage: milter-replay --milter SPEC [--envelope-dir DIR] [--out DIR] \
@@ -216,7 +216,11 @@ async fn load(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitCod
     }
     let concurrency = args.concurrency.unwrap_or(1);
     let count = args.count.unwrap_or(inputs.len());
-    match run_load(&args.milter, &config, Arc::new(inputs), concurrency, count).await {
+    let load = Load::new(args.milter.as_str(), Arc::new(inputs))
+        .client_config(config)
+        .concurrency(concurrency)
+        .messages(count);
+    match load.run().await {
         Ok(r) => {
             println!("concurrency {concurrency}: {}", r.summary());
             for e in &r.error_samples {

@@ -123,10 +123,79 @@ impl LoadReport {
     }
 }
 
-/// Sends `count` messages over `concurrency` connections, cycling through `inputs`.
-/// Each connection carries many messages (ABORT between them); a connection that fails is
-/// replaced by a new one.
-pub async fn run_load(
+/// A load run: stored messages sent through a milter over several connections at once.
+///
+/// ```no_run
+/// # async fn demo(inputs: Vec<milter_core::client::Transaction>) -> Result<(), milter_core::Error> {
+/// use std::sync::Arc;
+/// use milter_core::client::replay::Load;
+///
+/// let report = Load::new("inet:127.0.0.1:8891", Arc::new(inputs))
+///     .concurrency(64)
+///     .messages(10_000)
+///     .run()
+///     .await?;
+/// println!("{}", report.summary());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Load {
+    endpoint: String,
+    config: ClientConfig,
+    inputs: Arc<Vec<Transaction>>,
+    concurrency: usize,
+    messages: Option<usize>,
+}
+
+impl Load {
+    /// Sends each of `inputs` once over one connection to `endpoint` (an address as
+    /// [`MilterClient::connect`] takes it), with the default [`ClientConfig`], until the
+    /// setters say otherwise.
+    pub fn new(endpoint: impl Into<String>, inputs: Arc<Vec<Transaction>>) -> Load {
+        Load {
+            endpoint: endpoint.into(),
+            config: ClientConfig::default(),
+            inputs,
+            concurrency: 1,
+            messages: None,
+        }
+    }
+
+    /// The MTA side's settings for every connection.
+    pub fn client_config(mut self, config: ClientConfig) -> Load {
+        self.config = config;
+        self
+    }
+
+    /// How many connections send at once (at least 1; default 1).
+    pub fn concurrency(mut self, connections: usize) -> Load {
+        self.concurrency = connections.max(1);
+        self
+    }
+
+    /// How many messages to send in all, cycling through the inputs (default: each input
+    /// once).
+    pub fn messages(mut self, count: usize) -> Load {
+        self.messages = Some(count);
+        self
+    }
+
+    /// Runs it. Each connection carries many messages (ABORT between them); a connection
+    /// that fails is replaced by a new one. An error only when there is nothing to send;
+    /// failed messages are counted in the report.
+    pub async fn run(&self) -> Result<LoadReport, Error> {
+        run_load(
+            &self.endpoint,
+            &self.config,
+            self.inputs.clone(),
+            self.concurrency,
+            self.messages.unwrap_or(self.inputs.len()),
+        )
+        .await
+    }
+}
+
+async fn run_load(
     endpoint: &str,
     config: &ClientConfig,
     inputs: Arc<Vec<Transaction>>,

@@ -93,6 +93,7 @@ where
         milter: factory(),
         message: 0,
         in_message: false,
+        eom_done: false,
         id: config.connection_id,
         span: &span,
         progress_every: config.timeouts.progress_interval,
@@ -136,9 +137,7 @@ where
         Err(Error::Io(e)) => tracing::info!(reason = %e, "connection closed: I/O error: {e}"),
         Err(e) => tracing::warn!(reason = %e, "connection closed: {e}"),
     }
-    if conn.session.in_transaction() {
-        conn.call_abort().await;
-    }
+    conn.end_unfinished_message().await;
     conn.call_close().await;
     outcome.map(|_| ())
 }
@@ -260,7 +259,11 @@ struct Conn<'s, M> {
     session: MilterSession,
     milter: M,
     message: u64,
+    /// A message has started (an event of MAIL onward reached the handler) and has not
+    /// yet ended with `eom` returning or with `abort`.
     in_message: bool,
+    /// The handler's `eom` returned for the current message: it owes no `abort`.
+    eom_done: bool,
     id: u64,
     span: &'s tracing::Span,
     progress_every: Duration,
@@ -280,15 +283,15 @@ struct Conn<'s, M> {
 /// borrows the session while the handler borrows itself mutably).
 macro_rules! ctx {
     ($c:expr) => {
-        Context::new(
-            $c.session.macros(),
-            $c.session.negotiated(),
-            $c.session.connect_info(),
-            $c.session.helo(),
-            $c.id,
-            $c.message,
-            $c.span,
-        )
+        Context {
+            macros: $c.session.macros(),
+            negotiated: $c.session.negotiated(),
+            connect_info: $c.session.connect_info(),
+            helo: $c.session.helo(),
+            connection_id: $c.id,
+            message: $c.message,
+            span: $c.span,
+        }
     };
 }
 
@@ -416,6 +419,7 @@ impl<M: Milter> Conn<'_, M> {
         if message_event && !self.in_message {
             self.message += 1;
             self.in_message = true;
+            self.eom_done = false;
             if let Some(m) = self.metrics {
                 m.message_started();
             }
@@ -436,29 +440,26 @@ impl<M: Milter> Conn<'_, M> {
                 return Ok(Flow::Go);
             }
             Event::Connect(info) => ("connect", supervised!(self, rd, connect(&info))),
-            Event::Helo(helo) => ("helo", supervised!(self, rd, helo(&helo))),
+            Event::Helo(helo) => ("helo", supervised!(self, rd, helo(helo))),
             Event::Mail(env) => ("mail", supervised!(self, rd, mail(&env))),
             Event::Rcpt(env) => ("rcpt", supervised!(self, rd, rcpt(&env))),
             Event::Data => ("data", supervised!(self, rd, data())),
-            Event::Header { name, value } => {
-                ("header", supervised!(self, rd, header(&name, &value)))
-            }
+            Event::Header { name, value } => ("header", supervised!(self, rd, header(name, value))),
             Event::EndOfHeaders => ("eoh", supervised!(self, rd, eoh())),
-            Event::Body(chunk) => ("body", supervised!(self, rd, body(&chunk))),
+            Event::Body(chunk) => ("body", supervised!(self, rd, body(chunk))),
             Event::EndOfMessage(chunk) => ("eom", self.end_of_message(chunk, rd, wr).await?),
-            Event::Unknown(line) => ("unknown", supervised!(self, rd, unknown(&line))),
+            Event::Unknown(line) => ("unknown", supervised!(self, rd, unknown(line))),
             Event::Abort => {
-                self.call_abort().await;
-                self.in_message = false;
+                self.end_unfinished_message().await;
                 return Ok(Flow::Go);
             }
             Event::Quit => return Ok(Flow::End(Closed::Quit)),
             Event::QuitNoClose => {
                 // One SMTP session ended, another follows on this milter connection: the
                 // next session gets a fresh handler, as if newly connected.
+                self.end_unfinished_message().await;
                 self.call_close().await;
                 self.milter = factory();
-                self.in_message = false;
                 return Ok(Flow::Go);
             }
         };
@@ -490,7 +491,11 @@ impl<M: Milter> Conn<'_, M> {
         };
         self.answer(stage, verdict)?;
         if !self.session.in_transaction() {
-            self.in_message = false;
+            // The verdict ended the message (at end of message, or early: a reject at
+            // MAIL, an accept at RCPT...). Unless `eom` returned, the handler hears of it
+            // through `abort`, now: the MTA's own ABORT, if it sends one, comes outside a
+            // message and is absorbed by the session.
+            self.end_unfinished_message().await;
         }
         Ok(Flow::Go)
     }
@@ -509,7 +514,7 @@ impl<M: Milter> Conn<'_, M> {
     {
         if !chunk.is_empty() {
             // libmilter hands data carried by end of message to the body callback first.
-            match supervised!(self, rd, body(&chunk)) {
+            match supervised!(self, rd, body(chunk)) {
                 Ran::Done(Verdict::Continue | Verdict::Skip) => {}
                 other => return Ok(other),
             }
@@ -543,6 +548,7 @@ impl<M: Milter> Conn<'_, M> {
             // The handler did not finish: what it recorded is not sent.
             other => return Ok(other),
         };
+        self.eom_done = true;
         for m in actions.into_modifications() {
             let name = m.name();
             if let Err(e) = self.session.modify(m) {
@@ -591,6 +597,15 @@ impl<M: Milter> Conn<'_, M> {
             m.answered(stage_index(stage), verdict_kind(&Verdict::Tempfail));
         }
         Ok(())
+    }
+
+    /// Ends the current message for the handler: `abort`, unless no message is under way
+    /// or its `eom` returned. So each message ends with exactly one of the two.
+    async fn end_unfinished_message(&mut self) {
+        if self.in_message && !self.eom_done {
+            self.call_abort().await;
+        }
+        self.in_message = false;
     }
 
     async fn call_abort(&mut self) {
