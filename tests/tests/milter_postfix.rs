@@ -488,3 +488,152 @@ fn a_mail_only_milter_is_sent_no_other_events_and_mail_flows() -> Result<()> {
     }
     Ok(())
 }
+
+/// One callback as [`PerMessage`] saw it: instance, message number, event, and the
+/// `{rcpt_addr}` (a message-stage macro) and `j` (a connection-stage macro) it could read.
+type Seen = (usize, u64, &'static str, Option<String>, Option<String>);
+
+/// Records the message-boundary callbacks with what the context says.
+struct PerMessage {
+    instance: usize,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl PerMessage {
+    fn note(&self, ctx: &milter_core::Context<'_>, event: &'static str) {
+        let seen = (
+            self.instance,
+            ctx.message_number(),
+            event,
+            ctx.macro_str("{rcpt_addr}"),
+            ctx.macro_str("j"),
+        );
+        if let Ok(mut l) = self.log.lock() {
+            l.push(seen);
+        }
+    }
+}
+
+impl milter_core::handler::Milter for PerMessage {
+    async fn mail(
+        &mut self,
+        ctx: &milter_core::Context<'_>,
+        from: &milter_core::Envelope,
+    ) -> milter_core::Verdict {
+        self.note(ctx, "mail");
+        if from.address_str() == "spammer@remote.test" {
+            return milter_core::Verdict::reply(550, "5.7.1", "sender refused");
+        }
+        milter_core::Verdict::Continue
+    }
+    async fn rcpt(
+        &mut self,
+        ctx: &milter_core::Context<'_>,
+        _: &milter_core::Envelope,
+    ) -> milter_core::Verdict {
+        self.note(ctx, "rcpt");
+        milter_core::Verdict::Continue
+    }
+    async fn eom(
+        &mut self,
+        ctx: &milter_core::Context<'_>,
+        _: &mut milter_core::EomActions,
+    ) -> milter_core::Verdict {
+        self.note(ctx, "eom");
+        milter_core::Verdict::Continue
+    }
+    async fn abort(&mut self, ctx: &milter_core::Context<'_>) {
+        self.note(ctx, "abort");
+    }
+    async fn close(&mut self, ctx: &milter_core::Context<'_>) {
+        self.note(ctx, "close");
+    }
+}
+
+/// The per-message reset rules (milter_core::handler docs) as Postfix drives them: one
+/// SMTP session with a delivered message, a new MAIL without RSET abandoned by RSET, a
+/// sender refused at MAIL, and another delivered message.
+#[test]
+fn messages_of_one_smtp_session_each_end_once_and_drop_their_macros() -> Result<()> {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Seen>::new()));
+    let made = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (l, m) = (log.clone(), made.clone());
+    let milter = MilterServer::start(move || PerMessage {
+        instance: m.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+        log: l.clone(),
+    })?;
+    let pf = Postfix::builder().mx_milters(&milter.spec()).start()?;
+    let (mut c, _) = SmtpClient::connect(pf.mx_port())?;
+    c.expect("EHLO client.remote.test", 250)?;
+    c.expect("MAIL FROM:<alice@remote.test>", 250)?;
+    c.expect("RCPT TO:<user@example.test>", 250)?;
+    let r = c.data(&message("first"))?;
+    anyhow::ensure!(r.code == 250, "{}", c.transcript);
+    // The next MAIL follows at once, no RSET; then RSET abandons it.
+    c.expect("MAIL FROM:<alice@remote.test>", 250)?;
+    c.expect("RCPT TO:<user@example.test>", 250)?;
+    c.expect("RSET", 250)?;
+    c.expect("MAIL FROM:<spammer@remote.test>", 550)?;
+    c.expect("MAIL FROM:<alice@remote.test>", 250)?;
+    c.expect("RCPT TO:<user@example.test>", 250)?;
+    let r = c.data(&message("second"))?;
+    anyhow::ensure!(r.code == 250, "{}", c.transcript);
+    c.expect("QUIT", 221)?;
+    pf.maildir("example.test", "user").wait_for(2, T)?;
+    // Postfix closes the milter connection after QUIT; close is the last callback.
+    let deadline = std::time::Instant::now() + T;
+    while !log
+        .lock()
+        .map(|l| l.iter().any(|s| s.2 == "close"))
+        .unwrap_or(false)
+    {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no close");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let all = log.lock().map(|l| l.clone()).unwrap_or_default();
+    // One handler for the whole SMTP session (other instances are connections without
+    // a message: the harness's readiness probe of smtpd); per message exactly one eom or
+    // abort.
+    let session = all.iter().find(|s| s.2 == "mail").map(|s| s.0);
+    let seen: Vec<Seen> = all
+        .iter()
+        .filter(|s| Some(s.0) == session)
+        .cloned()
+        .collect();
+    assert!(
+        all.iter().all(|s| Some(s.0) == session || s.1 == 0),
+        "{all:#?}"
+    );
+    let events: Vec<(u64, &str)> = seen.iter().map(|s| (s.1, s.2)).collect();
+    assert_eq!(
+        events,
+        [
+            (1, "mail"),
+            (1, "rcpt"),
+            (1, "eom"),
+            (2, "mail"),
+            (2, "rcpt"),
+            (2, "abort"),
+            (3, "mail"),
+            (3, "abort"),
+            (4, "mail"),
+            (4, "rcpt"),
+            (4, "eom"),
+            (4, "close"),
+        ],
+        "{seen:#?}"
+    );
+    let user = Some("user@example.test".to_owned());
+    for s in &seen {
+        // Postfix sends `j` with CONNECT: it stays for the whole session.
+        assert!(s.4.is_some(), "j missing: {s:?}");
+        match s.2 {
+            // The last message's `{rcpt_addr}` is gone when the next MAIL comes.
+            "mail" => assert_eq!(s.3, None, "{s:?}"),
+            // Readable where the message ends (message 3 never had a RCPT).
+            "eom" | "abort" if s.1 != 3 => assert_eq!(s.3, user, "{s:?}"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
