@@ -1,7 +1,7 @@
 //! Adds one configured header to every message.
 
 use milter_core::handler::{Context, EomActions, Milter};
-use milter_core::negotiate::{Offer, Request};
+use milter_core::negotiate::{Events, Offer, Request};
 use milter_core::{Actions, Verdict};
 
 /// Adds `name: value` at the end of every message's header block.
@@ -24,8 +24,13 @@ impl AddHeader {
 }
 
 impl Milter for AddHeader {
+    /// Only end of message, which always comes: the MTA sends nothing else.
+    const EVENTS: Events = Events::empty();
+
     fn negotiate(&mut self, _offer: &Offer) -> Request {
-        Request::new().with_actions(Actions::ADD_HEADERS)
+        Request::new()
+            .with_events(Self::EVENTS)
+            .with_actions(Actions::ADD_HEADERS)
     }
 
     async fn eom(&mut self, ctx: &Context<'_>, actions: &mut EomActions) -> Verdict {

@@ -2,7 +2,7 @@
 //! contains a word.
 
 use milter_core::handler::{Context, EomActions, Milter};
-use milter_core::negotiate::{Offer, Request};
+use milter_core::negotiate::{Events, Offer, Request};
 use milter_core::{Actions, Bytes, Verdict};
 
 /// The rules, applied at end of message.
@@ -62,13 +62,14 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 impl Milter for BodyRules {
-    fn negotiate(&mut self, _offer: &Offer) -> Request {
-        Request::new().with_actions(Actions::CHANGE_BODY | Actions::QUARANTINE)
-    }
+    /// Body chunks only (end of message and abort always come). The per-message state is
+    /// reset in `eom` and `abort`, one of which ends every message.
+    const EVENTS: Events = Events::BODY;
 
-    async fn mail(&mut self, _ctx: &Context<'_>, _from: &milter_core::Envelope) -> Verdict {
-        self.reset();
-        Verdict::Continue
+    fn negotiate(&mut self, _offer: &Offer) -> Request {
+        Request::new()
+            .with_events(Self::EVENTS)
+            .with_actions(Actions::CHANGE_BODY | Actions::QUARANTINE)
     }
 
     async fn body(&mut self, _ctx: &Context<'_>, chunk: Bytes) -> Verdict {
@@ -83,14 +84,15 @@ impl Milter for BodyRules {
 
     async fn eom(&mut self, ctx: &Context<'_>, actions: &mut EomActions) -> Verdict {
         let queue_id = ctx.macro_str("i").unwrap_or_default();
+        // This message is over for the handler: take its state, leave a clean one.
         let body = std::mem::take(&mut self.body);
-        if self.too_big {
+        let too_big = std::mem::replace(&mut self.too_big, false);
+        if too_big {
             tracing::info!(
                 queue_id,
                 max = self.rules.max_body,
                 "accepted unchanged: body over the size limit"
             );
-            self.reset();
             return Verdict::Continue;
         }
         if let Some(word) = self

@@ -1,6 +1,7 @@
 //! Rejects mail by sender or by recipient with a custom SMTP reply.
 
 use milter_core::handler::{Context, Milter};
+use milter_core::negotiate::Events;
 use milter_core::{Envelope, SmtpReply, Verdict};
 
 /// Rules: addresses (`user@domain`) or whole domains (`@domain`), matched
@@ -44,6 +45,9 @@ impl RejectSender {
 }
 
 impl Milter for RejectSender {
+    /// MAIL and RCPT: the MTA sends no other event (end of message always comes).
+    const EVENTS: Events = Events::MAIL.union(Events::RCPT);
+
     async fn mail(&mut self, _ctx: &Context<'_>, from: &Envelope) -> Verdict {
         match Self::listed(&self.rules.senders, from) {
             Some(rule) => {

@@ -7,25 +7,56 @@ use support::{Running, start};
 use std::process::Command;
 use std::time::Duration;
 
-use indymilter_test::{Actions, Status, TestConnection};
+use indymilter_test::{Actions, ProtoOpts, Status, TestConnection, TestError};
 
-async fn open(r: &Running) -> TestConnection {
+/// Each event with its "do not send" and "do not wait for a reply" bits.
+const EVENTS: [(&str, ProtoOpts, ProtoOpts); 9] = [
+    ("connect", ProtoOpts::NO_CONNECT, ProtoOpts::NOREPLY_CONNECT),
+    ("helo", ProtoOpts::NO_HELO, ProtoOpts::NOREPLY_HELO),
+    ("mail", ProtoOpts::NO_MAIL, ProtoOpts::NOREPLY_MAIL),
+    ("rcpt", ProtoOpts::NO_RCPT, ProtoOpts::NOREPLY_RCPT),
+    ("data", ProtoOpts::NO_DATA, ProtoOpts::NOREPLY_DATA),
+    ("header", ProtoOpts::NO_HEADER, ProtoOpts::NOREPLY_HEADER),
+    ("eoh", ProtoOpts::NO_EOH, ProtoOpts::NOREPLY_EOH),
+    ("body", ProtoOpts::NO_BODY, ProtoOpts::NOREPLY_BODY),
+    ("unknown", ProtoOpts::NO_UNKNOWN, ProtoOpts::NOREPLY_UNKNOWN),
+];
+
+/// Negotiates with the example (the client offers every option), checks that exactly
+/// the events outside `wanted` were negotiated away, not sent (`NO_*`) and not waited
+/// for (`NR_*`), and that the client then refuses to send each of them: the example
+/// cannot receive them.
+async fn open(r: &Running, wanted: &[&str]) -> TestConnection {
     let mut c = TestConnection::configure()
         .read_timeout(Duration::from_secs(10))
         .write_timeout(Duration::from_secs(10))
         .open_unix(&r.socket)
         .await
         .expect("negotiate");
-    assert_eq!(
-        c.connect("client.example", [192, 0, 2, 1])
-            .await
-            .expect("connect"),
-        Status::Continue
-    );
-    assert_eq!(
-        c.helo("client.example").await.expect("helo"),
-        Status::Continue
-    );
+    let opts = c.negotiated_opts();
+    for (name, no, no_reply) in EVENTS {
+        let away = !wanted.contains(&name);
+        assert_eq!(opts.contains(no), away, "{name}: {opts:?}");
+        assert_eq!(opts.contains(no_reply), away, "{name}: {opts:?}");
+        if !away {
+            continue;
+        }
+        let sent = match name {
+            "connect" => c.connect("client.example", [192, 0, 2, 1]).await,
+            "helo" => c.helo("client.example").await,
+            "mail" => c.mail(["<a@example.org>"]).await,
+            "rcpt" => c.rcpt(["<b@example.org>"]).await,
+            "data" => c.data().await,
+            "header" => c.header("Subject", "hi").await,
+            "eoh" => c.eoh().await,
+            "body" => c.body("text\r\n").await,
+            _ => c.unknown("VRFY x").await,
+        };
+        assert!(
+            matches!(sent, Err(TestError::MilterUsage)),
+            "{name} negotiated away but sent: {sent:?}"
+        );
+    }
     c
 }
 
@@ -44,15 +75,10 @@ async fn add_header_adds_the_configured_header_to_each_message() {
         env!("CARGO_BIN_EXE_add-header"),
         &["--name", "X-Scanned-By", "--value", "example milter"],
     );
-    let mut c = open(&r).await;
+    // It implements end of message only: nothing else is sent.
+    let mut c = open(&r, &[]).await;
     assert_eq!(c.negotiated_actions(), Actions::ADD_HEADER);
     for _ in 0..2 {
-        c.mail(["<a@example.org>"]).await.expect("mail");
-        c.rcpt(["<b@example.org>"]).await.expect("rcpt");
-        c.data().await.expect("data");
-        c.header("Subject", "hi").await.expect("header");
-        c.eoh().await.expect("eoh");
-        c.body("text\r\n").await.expect("body");
         let (actions, status) = c.eom().await.expect("eom");
         assert_eq!(status, Status::Continue);
         assert!(
@@ -101,7 +127,8 @@ async fn reject_sender_refuses_sender_and_recipient_with_the_multiline_reply() {
         ],
     );
     let want = "550-5.7.1 Not accepted here\r\n550 5.7.1 See the policy page";
-    let mut c = open(&r).await;
+    // MAIL and RCPT only.
+    let mut c = open(&r, &["mail", "rcpt"]).await;
     let s = c.mail(["<SPAM@bad.example>"]).await.expect("mail");
     assert_eq!(msg(&s), want);
     c.abort().await.expect("abort");
@@ -124,8 +151,6 @@ async fn reject_sender_refuses_sender_and_recipient_with_the_multiline_reply() {
         c.rcpt(["<here@example.org>"]).await.expect("rcpt"),
         Status::Continue
     );
-    c.data().await.expect("data");
-    c.eoh().await.expect("eoh");
     let (actions, status) = c.eom().await.expect("eom");
     assert_eq!(status, Status::Continue);
     assert!(actions.actions.is_empty());
@@ -148,16 +173,13 @@ async fn body_rules_rewrites_or_quarantines() {
         env!("CARGO_BIN_EXE_body-rules"),
         &["--replace", "colour=color", "--quarantine-word", "casino"],
     );
-    let mut c = open(&r).await;
+    // Body chunks only.
+    let mut c = open(&r, &["body"]).await;
     assert_eq!(
         c.negotiated_actions(),
         Actions::REPLACE_BODY | Actions::QUARANTINE
     );
     // Rewrite: the body arrives in two chunks, the word split across them.
-    c.mail(["<a@example.org>"]).await.expect("mail");
-    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
-    c.data().await.expect("data");
-    c.eoh().await.expect("eoh");
     c.body("my favourite col").await.expect("body");
     c.body("our is blue\r\nthe colour!\r\n")
         .await
@@ -169,10 +191,6 @@ async fn body_rules_rewrites_or_quarantines() {
         "{actions:?}"
     );
     // Quarantine.
-    c.mail(["<a@example.org>"]).await.expect("mail");
-    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
-    c.data().await.expect("data");
-    c.eoh().await.expect("eoh");
     c.body("visit our casino\r\n").await.expect("body");
     let (actions, status) = c.eom().await.expect("eom");
     assert_eq!(status, Status::Continue);
@@ -181,16 +199,8 @@ async fn body_rules_rewrites_or_quarantines() {
         "{actions:?}"
     );
     // An aborted message leaves nothing behind for the next one.
-    c.mail(["<a@example.org>"]).await.expect("mail");
-    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
-    c.data().await.expect("data");
-    c.eoh().await.expect("eoh");
     c.body("colour casino").await.expect("body");
     c.abort().await.expect("abort");
-    c.mail(["<a@example.org>"]).await.expect("mail");
-    c.rcpt(["<b@example.org>"]).await.expect("rcpt");
-    c.data().await.expect("data");
-    c.eoh().await.expect("eoh");
     c.body("plain\r\n").await.expect("body");
     let (actions, status) = c.eom().await.expect("eom");
     assert_eq!(status, Status::Continue);
