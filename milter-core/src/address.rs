@@ -11,8 +11,10 @@ use std::str::FromStr;
 
 use crate::error::Error;
 
-/// Where the server listens.
+/// A socket address in milter syntax: where the server listens, or where the client
+/// connects. More forms may come (hence `non_exhaustive`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Endpoint {
     /// A TCP socket; `host` is an address or a name resolved at bind time.
     Tcp {

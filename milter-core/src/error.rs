@@ -205,6 +205,7 @@ pub enum UsageError {
 
 /// Phases that have their own timeout, modelled on Postfix's milter timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Phase {
     /// Waiting for the connection and option negotiation.
     Negotiation,

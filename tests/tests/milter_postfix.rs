@@ -58,7 +58,7 @@ impl MilterServer {
                 };
                 let addr = server.local_addrs().into_iter().find_map(|a| match a {
                     BoundAddr::Tcp(a) => Some(a),
-                    BoundAddr::Unix(_) => None,
+                    _ => None,
                 });
                 let _ = tx.send(
                     addr.map(|a| (a, server.shutdown_handle()))

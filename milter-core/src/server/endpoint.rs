@@ -48,8 +48,9 @@ impl Default for UnixSocketOptions {
     }
 }
 
-/// An address the server is bound to.
+/// An address the server is bound to (more kinds of socket may come).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BoundAddr {
     /// A TCP address (with the real port when 0 was asked for).
     Tcp(SocketAddr),
@@ -203,6 +204,7 @@ fn bind_unix(ep: &Endpoint, path: &Path, opts: &UnixSocketOptions) -> Result<Lis
 /// A unix socket file of an inherited listener belongs to whoever created it (systemd):
 /// the server never removes it, so the next process finds it in place.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Inherited {
     /// A listening TCP socket.
     Tcp(std::net::TcpListener),
