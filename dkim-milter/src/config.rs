@@ -259,6 +259,7 @@ pub struct Config {
     /// Started as root: switch to this user after binding (OpenDKIM `UserID`), as
     /// `"user"` (its primary and supplementary groups) or `"user:group"`; names or
     /// numbers. Keys and tables are read again as that user. Unset: keep the user started as.
+    #[serde(deserialize_with = "milter_daemon::privilege::deserialize_user")]
     pub user: Option<String>,
     /// Serve as root when `user` is unset. Off: a daemon started as root without `user`
     /// refuses to run.
@@ -514,9 +515,6 @@ impl Config {
                     "{name} {v:?} must be one user or group name or number"
                 )));
             }
-        }
-        if let Some(u) = &self.user {
-            crate::process::UserSpec::parse(u).map_err(bad)?;
         }
         if let Some(p) = &self.pid_file
             && (!p.is_absolute() || p.file_name().is_none())
@@ -829,7 +827,10 @@ unknown-client = "external"
                 "one user or group",
             ),
             ("pid-file = \"run/x.pid\"", "absolute"),
-            ("user = \"a:b:c\"", "user:group"),
+            (
+                "user = \"a:b:c\"",
+                "dkim-milter.toml:1: user \"a:b:c\": expected",
+            ),
             ("user = \"\"", "user:group"),
             (
                 "empty-domain-dir = \"tempfail\"",

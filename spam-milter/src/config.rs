@@ -23,6 +23,15 @@ pub struct Config {
     pub socket_mode: Option<SocketMode>,
     /// Milter connections served at once (one per SMTP session); more wait in the backlog.
     pub max_connections: usize,
+    /// Started as root: switch to this user after binding (like dkim-milter's and
+    /// OpenDKIM's `UserID`), as `"user"` (its primary and supplementary groups) or
+    /// `"user:group"`; names or numbers. The config is read again as that user, as every
+    /// reload reads it. Unset: keep the user started as. Read at start only.
+    #[serde(deserialize_with = "milter_daemon::privilege::deserialize_user")]
+    pub user: Option<String>,
+    /// Serve as root when `user` is unset. Off: a daemon started as root without `user`
+    /// refuses to run.
+    pub allow_root: bool,
     /// `tracing` filter, e.g. `info` or `spam_milter=debug`; `RUST_LOG` overrides it.
     pub log_level: String,
     /// `stderr` (default), `syslog` (`syslog(3)` on `/dev/log` with `syslog-facility`) or
@@ -311,6 +320,8 @@ impl Default for Config {
             socket: "inet:127.0.0.1:11330".into(),
             socket_mode: None,
             max_connections: 256,
+            user: None,
+            allow_root: false,
             log_level: "info".into(),
             log_target: LogTarget::Stderr,
             syslog_facility: SyslogFacility::Mail,
@@ -631,6 +642,12 @@ settings-id = "strict"
             ),
             ("[rspamd]\nattempt-timeout = \"soon\"\n", ":2:"),
             ("bogus = 1\n", "bogus"),
+            (
+                "\nuser = \"a:b:c\"\n",
+                ":2: user \"a:b:c\": expected \"user\" or \"user:group\"",
+            ),
+            ("user = \"\"\n", ":1:"),
+            ("allow-root = \"yes\"\n", ":1:"),
             ("[inbound]\nbogus = 1\n", "bogus"),
             ("[domain.\"a.com\"]\nsettings = '[1]'\n", "JSON object"),
             ("[address.\"a.com\"]\nsettings-id = \"x\"\n", "local@domain"),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use milter_daemon::cli::ConfigArgs;
+use milter_daemon::privilege::{self, UserSpec};
 use spam_milter::state::State;
 
 /// Rspamd bridge milter: scans each message with Rspamd and applies its verdict.
@@ -13,6 +14,31 @@ use spam_milter::state::State;
 struct Cli {
     #[command(flatten)]
     common: ConfigArgs,
+}
+
+/// `--check-config`: exit 1 for what stops the daemon (config syntax or values, an
+/// unknown `user`); whether it would serve as root depends on who starts it: a note.
+fn check_config(cli: &Cli, state: &State) -> ExitCode {
+    let cfg = &state.config;
+    if let Some(u) = &cfg.user
+        && let Err(e) = UserSpec::parse(u).and_then(|s| s.resolve())
+    {
+        println!("error: {e}");
+        println!("{}: the daemon would not start", cli.common.source());
+        return ExitCode::FAILURE;
+    }
+    let euid = nix::unistd::geteuid();
+    if let Err(e) = privilege::plan(cfg.user.as_deref(), cfg.allow_root, euid, "spam-milter") {
+        // systemd may start the daemon as another user than the one running the check.
+        println!("note: started as uid {euid} the daemon would not serve: {e}");
+    }
+    println!(
+        "{}: configuration OK; socket {}; {}",
+        cli.common.source(),
+        cfg.socket,
+        state.describe()
+    );
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -25,13 +51,7 @@ fn main() -> ExitCode {
         }
     };
     if cli.common.check_config {
-        println!(
-            "{}: configuration OK; socket {}; {}",
-            cli.common.source(),
-            state.config.socket,
-            state.describe()
-        );
-        return ExitCode::SUCCESS;
+        return check_config(&cli, &state);
     }
     if let Err(e) = milter_daemon::logging::init(
         &state.config.log_level,

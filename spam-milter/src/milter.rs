@@ -38,6 +38,18 @@ pub enum ServeError {
     /// The upstream pool could not be built.
     #[error("rspamd upstreams: {0}")]
     Pool(String),
+    /// Root without `user` or `allow-root`, or `user` could not be become.
+    #[error("{0}")]
+    Privileges(String),
+    /// After switching to `user`, the config could not be read again as that user (so
+    /// every later reload would fail).
+    #[error("as user {user}: {error}")]
+    AsUser {
+        /// The `user` option.
+        user: String,
+        /// What failed.
+        error: milter_daemon::ConfigError,
+    },
 }
 
 /// Actions we cannot work without: Rspamd's header work.
@@ -405,6 +417,14 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let st = state.load_full();
     let cfg = &st.config;
+    // Refused before anything is bound; switched after binding (milter-daemon's privilege).
+    let privileges = milter_daemon::privilege::plan(
+        cfg.user.as_deref(),
+        cfg.allow_root,
+        nix::unistd::geteuid(),
+        "spam-milter",
+    )
+    .map_err(ServeError::Privileges)?;
     let pool = Arc::new(Pool::new(&cfg.rspamd).map_err(|e| ServeError::Pool(e.to_string()))?);
     let unix = UnixSocketOptions {
         mode: cfg.socket_mode.map(|m| m.bits()),
@@ -425,6 +445,17 @@ pub async fn serve(
             milter_daemon::metrics::serve(spec, metrics.handle().clone(), server.shutdown_handle())
                 .await?;
         tracing::info!("spam-milter metrics on http://{addr}/metrics");
+    }
+    if let milter_daemon::privilege::Privileges::Switch(target) = &privileges {
+        milter_daemon::privilege::switch_to(target).map_err(ServeError::Privileges)?;
+        tracing::info!("switched to user {target}");
+        // Read the config as the user every later reload reads it as.
+        let again =
+            State::build(st.config_path.as_deref()).map_err(|error| ServeError::AsUser {
+                user: target.spec.clone(),
+                error,
+            })?;
+        state.store(Arc::new(again));
     }
     for a in server.local_addrs() {
         tracing::info!("spam-milter listening on {a}; {}", st.describe());

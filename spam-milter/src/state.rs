@@ -90,6 +90,8 @@ impl Reloadable for State {
                 new.max_connections != old.max_connections,
             ),
             ("log-target", new.log_target != old.log_target),
+            ("user", new.user != old.user),
+            ("allow-root", new.allow_root != old.allow_root),
             (
                 "syslog-facility",
                 new.syslog_facility != old.syslog_facility,

@@ -2,6 +2,7 @@
 //! within the scan deadline, through a real Postfix: fail-open (accepted with a header
 //! saying it was not scanned) and fail-closed (451). With two upstreams and one dead,
 //! every message is scanned by the live one and the breaker stops trying the dead one.
+//! Rspamd killed (SIGKILL) with a scan in flight: the message gets the policy at once.
 //!
 //! Rspamd is real throughout; only "answers garbage" needs a stand-in (a loopback server
 //! that speaks HTTP but not Rspamd), because a real Rspamd cannot be made to do it.
@@ -377,5 +378,84 @@ fn failover_to_the_live_upstream_and_the_breaker_skips_the_dead_one() {
         value(&text, "spam_milter_messages_total{action=\"no_action\"}"),
         6,
         "{text}"
+    );
+}
+
+/// Rspamd killed (SIGKILL, every process) while a scan request is in flight: the
+/// connection breaks, spam-milter does not wait for its attempt timeout, and the message
+/// gets the inbound policy (accepted, marked unscanned) instead of being lost.
+#[test]
+fn rspamd_killed_mid_scan_the_message_gets_the_policy() {
+    let rspamd = Rspamd::builder().start().unwrap();
+    let d = Daemon::start(&format!(
+        "[rspamd]\nupstreams = [\"http://127.0.0.1:{}\"]\nattempt-timeout = \"60s\"\n\
+         scan-deadline = \"120s\"\nhealth-check-interval = \"1h\"\n",
+        rspamd.normal_port()
+    ));
+    let pf = Postfix::builder().mx_milters(&d.spec()).start().unwrap();
+    let mx = pf.mx_port();
+    let r = smtp_send(
+        mx,
+        "alice@remote.test",
+        "user@example.test",
+        &clean("before kill"),
+    );
+    assert_eq!(r.code, 250, "{}", r.text);
+    // Frozen first, so the request is surely written and unanswered when the kill lands
+    // (the kernel accepts the connection for the stopped worker).
+    let group = -(rspamd.pid() as i32);
+    stack_tests::sys::signal(group, libc::SIGSTOP);
+    let send = std::thread::spawn(move || {
+        smtp_send(
+            mx,
+            "alice@remote.test",
+            "user@example.test",
+            &clean("killed mid-scan"),
+        )
+    });
+    // Time for Postfix to pass the message and spam-milter to send it (seconds on an idle
+    // loopback); the SMTP client still waiting shows the scan is pending.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!send.is_finished(), "the scan was not in flight");
+    stack_tests::sys::signal(group, libc::SIGKILL);
+    let r = send.join().unwrap();
+    assert_eq!(r.code, 250, "{}", r.text);
+    let line = &d.wait_lines("rspamd unavailable", 1)[0];
+    assert!(line.contains("accept by policy"), "{line}");
+    // Frozen, Rspamd cannot fail a request: one that had been waiting when it failed was
+    // in flight when the kill landed, not started after it (order, not a speed bound).
+    // The full line from the log (the one waited for may have been read half written).
+    std::thread::sleep(Duration::from_millis(200));
+    let log = d.log();
+    let full = log
+        .lines()
+        .find(|l| l.contains("rspamd unavailable") && l.contains("latency="))
+        .unwrap_or_else(|| panic!("{log}"));
+    eprintln!("{full}");
+    let latency = full
+        .rsplit_once("latency=")
+        .and_then(|(_, v)| v.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no latency: {full}"));
+    let ms = match latency.strip_suffix("ms") {
+        Some(ms) => ms.parse::<f64>().ok(),
+        None => latency
+            .strip_suffix('s')
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(|s| s * 1e3),
+    }
+    .unwrap_or_else(|| panic!("latency {latency:?}: {full}"));
+    assert!(ms >= 100.0, "scan started {latency} before failing: {full}");
+    // The broken connection ended the wait, not the 60 s attempt timeout.
+    assert!(
+        !line.contains("timeout") && !line.contains("deadline"),
+        "{line}"
+    );
+    let msgs = pf.maildir("example.test", "user").wait_for(2, T).unwrap();
+    let m = by_subject(&msgs, "killed mid-scan");
+    let status = header_values(&m, "X-Spam-Milter");
+    assert_eq!(status.len(), 1, "{}", String::from_utf8_lossy(&m));
+    assert!(
+        status[0].starts_with("unscanned (rspamd unavailable: "),
+        "{status:?}"
     );
 }

@@ -107,39 +107,12 @@ async fn hostile_peers_are_cut_off_while_well_behaved_mail_is_scanned() {
     let stop = Arc::new(AtomicBool::new(false));
     let good = tokio::spawn(well_behaved(d.spec(), stop.clone()));
 
+    // All attacks at once, as a hostile network would (stack_tests::hostile::run_battery).
     let t0 = Instant::now();
-    let (slow, dropped, huge0, huge1, junk) = tokio::join!(
-        hostile::drip(addr, Duration::from_secs(1), Duration::from_secs(50)),
-        hostile::open_and_drop(addr, 3000, 100),
-        hostile::huge_frame(addr, false),
-        hostile::huge_frame(addr, true),
-        hostile::garbage(addr),
-    );
-    let mut unread = Vec::new();
-    for _ in 0..20 {
-        unread.push(tokio::spawn(hostile::never_reads(
-            addr,
-            Duration::from_secs(5),
-        )));
-    }
-    let slow = slow.expect("one byte a second");
-    assert!(
-        slow >= Duration::from_secs(25) && slow < Duration::from_secs(40),
-        "slow peer held {slow:?}"
-    );
-    assert_eq!(dropped.unwrap(), 3000, "every connect accepted");
-    for (what, r) in [
-        ("4 GiB first", huge0),
-        ("4 GiB negotiated", huge1),
-        ("garbage", junk),
-    ] {
-        let t = r.unwrap_or_else(|e| panic!("{what}: {e:#}"));
-        assert!(t < Duration::from_secs(2), "{what}: closed after {t:?}");
-    }
-    for h in unread {
-        let sent = h.await.unwrap().expect("never-reading peer");
-        assert!(sent < 32 << 20, "a never-reading peer wrote {sent} bytes");
-    }
+    let battery = hostile::run_battery(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("battery: {battery:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let results = good.await.unwrap();
@@ -223,5 +196,141 @@ async fn a_broken_config_on_reload_is_refused_and_the_previous_one_keeps_serving
             .await
             .unwrap();
         check(n, &o).unwrap();
+    }
+}
+
+/// A session's SMTP failure, with its cause chain.
+fn fail(session: usize, e: impl std::fmt::Display) -> String {
+    format!("session {session}: {e:#}")
+}
+
+/// What message `k` of the Postfix load is: every tenth from 3 GTUBE (rejected), every
+/// tenth from 7 Rspamd's add-header pattern (delivered with `X-Spam: Yes`), else clean.
+fn postfix_kind(k: usize) -> &'static str {
+    match k % 10 {
+        3 => "gtube",
+        7 => "yjs",
+        _ => "clean",
+    }
+}
+
+/// The load run through a real Postfix and a real Rspamd: concurrent SMTP sessions, several
+/// messages each, and every message accounted for by its SMTP reply and the mailbox:
+/// delivered with spam-milter's verdict headers, rejected with Rspamd's reason, or
+/// tempfailed by the inbound policy (`on-error = "tempfail"`); none lost.
+#[test]
+fn load_through_postfix_every_message_is_accounted_for() {
+    let sessions = load::env_knob("RELIABILITY_POSTFIX_SESSIONS", 100) as usize;
+    let per = load::env_knob("RELIABILITY_POSTFIX_MESSAGES", 5) as usize;
+    let rspamd = Rspamd::builder().start().unwrap();
+    let d = start(
+        &rspamd,
+        "[inbound]\non-error = \"tempfail\"",
+        "[actions]\nscore-header = \"X-Spam-Score\"",
+    );
+    let pf = stack_tests::postfix::Postfix::builder()
+        .mx_milters(&d.spec())
+        .main_cf(&format!("default_process_limit = {}", sessions + 20))
+        .start()
+        .unwrap();
+    let port = pf.mx_port();
+    let rss = RssSampler::start(d.pid(), Duration::from_millis(500));
+    let t0 = Instant::now();
+    // Each session: (message number, end-of-data reply code, its text) for every message.
+    type Replies = Vec<(usize, u16, String)>;
+    let threads: Vec<_> = (0..sessions)
+        .map(|s| {
+            std::thread::spawn(move || -> Result<Replies, String> {
+                let (mut c, _) = stack_tests::smtp::SmtpClient::connect(port)
+                    .map_err(|e| format!("session {s}: {e:#}"))?;
+                let fail = |e| fail(s, e);
+                c.expect("EHLO client.remote.test", 250).map_err(fail)?;
+                let mut out = Vec::new();
+                for m in 0..per {
+                    let k = s * per + m;
+                    c.expect("MAIL FROM:<alice@remote.test>", 250)
+                        .map_err(fail)?;
+                    c.expect("RCPT TO:<user@example.test>", 250).map_err(fail)?;
+                    let body = match postfix_kind(k) {
+                        "gtube" => GTUBE,
+                        "yjs" => YJS,
+                        _ => "A normal message about the weekly meeting.",
+                    };
+                    let msg = message(
+                        "Alice <alice@remote.test>",
+                        "user@example.test",
+                        &format!("pfload {k} {}", postfix_kind(k)),
+                        "",
+                        body,
+                    );
+                    let r = c.data(&msg).map_err(fail)?;
+                    out.push((k, r.code, r.text));
+                }
+                let _ = c.cmd("QUIT");
+                Ok(out)
+            })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    let mut errors = Vec::new();
+    for t in threads {
+        match t.join().unwrap() {
+            Ok(r) => replies.extend(r),
+            Err(e) => errors.push(e),
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed sessions: {errors:?}",
+        errors.len()
+    );
+    assert_eq!(replies.len(), sessions * per, "a reply per message");
+    let (mut delivered, mut rejected, mut tempfailed) = (Vec::new(), 0, 0);
+    for (k, code, text) in &replies {
+        match (postfix_kind(*k), code) {
+            (_, 451) if text.starts_with("4.7.1 Message could not be scanned") => tempfailed += 1,
+            ("gtube", 554) if text == "5.7.1 Gtube pattern" => rejected += 1,
+            (kind, 250) if kind != "gtube" => delivered.push(*k),
+            (kind, _) => panic!("message {k} ({kind}): {code} {text}\n{}", d.log()),
+        }
+    }
+    let msgs = pf
+        .maildir("example.test", "user")
+        .wait_for(delivered.len(), Duration::from_secs(180))
+        .unwrap();
+    let samples = rss.stop();
+    eprintln!(
+        "spam-milter postfix load: {sessions} sessions x {per} messages in {:?}: {} delivered, \
+         {rejected} rejected (GTUBE), {tempfailed} tempfailed by policy; RSS peak {} KiB",
+        t0.elapsed(),
+        delivered.len(),
+        samples.iter().max().unwrap()
+    );
+    assert_eq!(
+        msgs.len(),
+        delivered.len(),
+        "delivered = accepted, none lost"
+    );
+    assert_eq!(
+        rejected + tempfailed + delivered.len(),
+        sessions * per,
+        "every message accounted for"
+    );
+    assert!(rejected > 0, "no GTUBE rejected: {tempfailed} tempfailed");
+    for k in delivered {
+        let m = by_subject(&msgs, &format!("pfload {k} "));
+        let score = header_values(&m, "X-Spam-Score");
+        assert_eq!(score.len(), 1, "message {k} not scanned once: {score:?}");
+        assert!(
+            header_values(&m, "X-Spam-Milter").is_empty(),
+            "message {k}: {:?}",
+            header_values(&m, "X-Spam-Milter")
+        );
+        let want: &[&str] = if postfix_kind(k) == "yjs" {
+            &["Yes"]
+        } else {
+            &[]
+        };
+        assert_eq!(header_values(&m, "X-Spam"), want, "message {k}");
     }
 }

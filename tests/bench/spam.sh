@@ -169,6 +169,7 @@ cat > "$SCRATCH/spam-milter.toml" <<EOF
 socket = "inet:127.0.0.1:$SPAM_PORT"
 log-level = "warn"
 reload-poll-seconds = 3600
+allow-root = true
 [rspamd]
 upstreams = ["http://127.0.0.1:$NORMAL_PORT"]
 EOF

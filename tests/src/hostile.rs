@@ -278,3 +278,66 @@ pub async fn never_reads(addr: SocketAddr, run: Duration) -> Result<usize> {
     }
     Ok(sent)
 }
+
+/// What [`run_battery`] measured.
+#[derive(Debug, Clone)]
+pub struct Battery {
+    /// How long the one-byte-a-second peer was kept (the negotiation deadline).
+    pub drip_held: Duration,
+    /// Wall time of the whole battery.
+    pub elapsed: Duration,
+}
+
+/// The whole hostile battery at once against the daemon at `addr`, as a hostile network
+/// would send it, checking each attack's expected end (see tests/RELIABILITY.md):
+/// one byte a second (closed at the 30 s negotiation deadline, 25..40 s); 3,000
+/// connections opened and dropped, 100 at a time (every connect accepted); a 4 GiB frame
+/// before and after negotiation and garbage after it (closed in under 2 s); 20 peers that
+/// never read their replies for 5 s, after those (each under 32 MiB written: the daemon
+/// stops reading).
+/// Both daemons' reliability tests call it while their well-behaved client runs.
+pub async fn run_battery(addr: SocketAddr) -> Result<Battery> {
+    let t0 = Instant::now();
+    let (slow, dropped, huge0, huge1, junk) = tokio::join!(
+        drip(addr, Duration::from_secs(1), Duration::from_secs(50)),
+        open_and_drop(addr, 3000, 100),
+        huge_frame(addr, false),
+        huge_frame(addr, true),
+        garbage(addr),
+    );
+    // Started once the timed attacks are done (they would skew their "under 2 s" on
+    // two shared cores), while the well-behaved client keeps going.
+    let unread: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(never_reads(addr, Duration::from_secs(5))))
+        .collect();
+    let drip_held = slow.context("one byte a second")?;
+    if drip_held < Duration::from_secs(25) || drip_held >= Duration::from_secs(40) {
+        bail!("slow peer held {drip_held:?}, want the 30 s negotiation deadline");
+    }
+    let accepted = dropped.context("open and drop")?;
+    if accepted != 3000 {
+        bail!("{accepted} of 3000 connects accepted");
+    }
+    for (what, r) in [
+        ("4 GiB first", huge0),
+        ("4 GiB negotiated", huge1),
+        ("garbage", junk),
+    ] {
+        let t = r.with_context(|| what.to_string())?;
+        if t >= Duration::from_secs(2) {
+            bail!("{what}: closed after {t:?}");
+        }
+    }
+    for h in unread {
+        let sent = h.await.context("never-reading peer task")??;
+        // Loopback socket buffers hold a few MiB; a daemon that kept reading (buffering
+        // its replies without limit) would take gigabytes in 5 s.
+        if sent >= 32 << 20 {
+            bail!("a never-reading peer wrote {sent} bytes");
+        }
+    }
+    Ok(Battery {
+        drip_held,
+        elapsed: t0.elapsed(),
+    })
+}

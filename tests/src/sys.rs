@@ -337,3 +337,82 @@ pub fn read_lossy(path: &Path) -> String {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
 }
+
+/// What a process (or thread) may do, from `/proc/<pid>/status`: its real, effective,
+/// saved and filesystem uids and gids, supplementary groups and capability sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// `Uid:` real, effective, saved, filesystem.
+    pub uids: Vec<u32>,
+    /// `Gid:` real, effective, saved, filesystem.
+    pub gids: Vec<u32>,
+    /// `Groups:` (supplementary).
+    pub groups: Vec<u32>,
+    /// `CapInh`, `CapPrm`, `CapEff`, `CapAmb`: the sets a process can act with or pass on
+    /// (the bounding set `CapBnd` only caps what an exec could regain, so it is not here).
+    pub caps: Vec<(String, u64)>,
+}
+
+impl Credentials {
+    /// Reads `/proc/<task>/status` (`task`: a pid, or `PID/task/TID` for one thread).
+    pub fn of(task: &str) -> Result<Credentials> {
+        let path = format!("/proc/{task}/status");
+        let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        let field = |name: &str| -> Result<&str> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .with_context(|| format!("{path}: no {name} line"))
+        };
+        let ids = |name: &str| -> Result<Vec<u32>> {
+            field(name)?
+                .split_whitespace()
+                .map(|v| v.parse().with_context(|| format!("{path}: {name} {v:?}")))
+                .collect()
+        };
+        let mut caps = Vec::new();
+        for name in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+            let v = field(name)?.trim();
+            let bits =
+                u64::from_str_radix(v, 16).with_context(|| format!("{path}: {name} {v:?}"))?;
+            caps.push((name.to_string(), bits));
+        }
+        Ok(Credentials {
+            uids: ids("Uid")?,
+            gids: ids("Gid")?,
+            groups: ids("Groups")?,
+            caps,
+        })
+    }
+
+    /// The process and each of its threads (`/proc/<pid>/task/*`).
+    pub fn of_every_thread(pid: u32) -> Result<Vec<(String, Credentials)>> {
+        let mut out = vec![(pid.to_string(), Credentials::of(&pid.to_string())?)];
+        for e in fs::read_dir(format!("/proc/{pid}/task"))? {
+            let task = format!("{pid}/task/{}", e?.file_name().to_string_lossy());
+            out.push((task.clone(), Credentials::of(&task)?));
+        }
+        Ok(out)
+    }
+
+    /// Checks that this is exactly `uid`/`gid` (all four of each), with no supplementary
+    /// group other than `gid` and every capability set empty.
+    pub fn check_unprivileged(&self, uid: u32, gid: u32) -> Result<()> {
+        if self.uids.len() != 4 || self.uids.iter().any(|u| *u != uid) {
+            bail!("Uid {:?}, want {uid} x4", self.uids);
+        }
+        if self.gids.len() != 4 || self.gids.iter().any(|g| *g != gid) {
+            bail!("Gid {:?}, want {gid} x4", self.gids);
+        }
+        if self.groups.iter().any(|g| *g != gid) {
+            bail!(
+                "supplementary groups {:?}, want none but {gid}",
+                self.groups
+            );
+        }
+        if let Some((name, bits)) = self.caps.iter().find(|(_, b)| *b != 0) {
+            bail!("{name} {bits:016x}, want no capability");
+        }
+        Ok(())
+    }
+}

@@ -8,6 +8,7 @@
 //! - [`logging`] and [`run`]: `tracing` set-up and the runtime around a daemon's `serve`.
 //! - [`metrics`]: the Prometheus recorder (metrics-exporter-prometheus), the `GET /metrics`
 //!   endpoint (hyper), bounded counter sets and the reload counter.
+//! - [`privilege`]: `user` / `allow-root`: refuse root unless told, switch user after binding.
 //! - [`systemd`]: socket activation (serve on the socket systemd holds across restarts)
 //!   and `READY=1`/`STOPPING=1` notification.
 #![warn(missing_docs)]
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod privilege;
 pub mod reload;
 pub mod run;
 pub mod systemd;

@@ -30,10 +30,17 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Writes `spam.toml` (socket on a free port, 1 s reload poll, then `extra`) and
-    /// starts the daemon; returns once it listens.
+    /// Writes `spam.toml` (socket on a free port, 1 s reload poll, `allow-root` as the
+    /// tests run as root, then `extra`) and starts the daemon; returns once it listens.
     pub fn start(extra: &str) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Daemon::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            &format!("allow-root = true\n{extra}"),
+        )
+    }
+
+    /// As [`Daemon::start`] in `dir` (which it keeps), without `allow-root`.
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Daemon {
         let port = stack_tests::ports::free_port().expect("free port");
         let config = dir.path().join("spam.toml");
         std::fs::write(
@@ -57,6 +64,36 @@ impl Daemon {
             dir,
             config,
         }
+    }
+
+    /// Runs the daemon with `spam.toml` = `body` (nothing added) until it exits (at most
+    /// [`T`]); its exit code and log.
+    pub fn run_to_exit(body: &str) -> (Option<i32>, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("spam.toml");
+        std::fs::write(&config, body).expect("write config");
+        Daemon::run_config_to_exit(&config)
+    }
+
+    /// Runs the daemon with `--config config` until it exits (at most [`T`]); its exit
+    /// code and log (written beside the config).
+    pub fn run_config_to_exit(config: &Path) -> (Option<i32>, String) {
+        let dir = config.parent().expect("config in a directory");
+        let mut proc = DaemonProcess::spawn(
+            "spam-milter",
+            Command::new(env!("CARGO_BIN_EXE_spam-milter"))
+                .arg("--config")
+                .arg(config),
+            &dir.join("spam-milter.log"),
+        )
+        .expect("spawn spam-milter");
+        let code = proc.wait_exit(T).unwrap_or_else(|e| panic!("{e:#}"));
+        (code, proc.log())
+    }
+
+    /// Waits (at most [`T`]) for the daemon to exit; its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        self.proc.wait_exit(T).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Postfix milter spec.
