@@ -14,6 +14,7 @@ use crate::error::NegotiateError;
 use crate::proto::command::{OptNeg, code};
 use crate::proto::flags::{Actions, ProtocolFlags, Stage};
 use crate::proto::reply::{MacroRequest, OptNegReply};
+use crate::proto::rules::{self, Answer};
 
 /// The highest protocol version this crate speaks.
 pub const MAX_VERSION: u32 = 6;
@@ -173,20 +174,18 @@ impl Negotiated {
     /// Whether the milter must stay silent after `command_code`: always for macros, abort
     /// and quit; for other commands when their `NR_*` flag was negotiated.
     pub fn no_reply(&self, command_code: u8) -> bool {
-        match command_code {
-            code::MACRO | code::ABORT | code::QUIT | code::QUIT_NC => true,
-            c => no_reply_flag(c).is_some_and(|f| self.protocol.contains(f)),
+        match rules::command(command_code) {
+            Some(r) if r.answer == Answer::Never => true,
+            Some(r) if r.answer == Answer::Always => false,
+            _ => no_reply_flag(command_code).is_some_and(|f| self.protocol.contains(f)),
         }
     }
 
     /// Whether the MTA was asked not to send `command_code` (a `NO_*` flag, or an event the
     /// negotiated version lacks: UNKNOWN needs 3, DATA needs 4).
     pub fn skipped(&self, command_code: u8) -> bool {
-        let version_lacks = match command_code {
-            code::DATA => self.version < 4,
-            code::UNKNOWN => self.version < 3,
-            _ => false,
-        };
+        let version_lacks =
+            rules::command(command_code).is_some_and(|r| r.min_version > self.version);
         version_lacks || skip_flag(command_code).is_some_and(|f| self.protocol.contains(f))
     }
 
@@ -234,34 +233,12 @@ impl Negotiated {
 
 /// The `NO_*` flag that asks the MTA not to send `command_code`, if there is one.
 pub fn skip_flag(command_code: u8) -> Option<ProtocolFlags> {
-    Some(match command_code {
-        code::CONNECT => ProtocolFlags::NO_CONNECT,
-        code::HELO => ProtocolFlags::NO_HELO,
-        code::MAIL => ProtocolFlags::NO_MAIL,
-        code::RCPT => ProtocolFlags::NO_RCPT,
-        code::DATA => ProtocolFlags::NO_DATA,
-        code::HEADER => ProtocolFlags::NO_HEADERS,
-        code::EOH => ProtocolFlags::NO_EOH,
-        code::BODY => ProtocolFlags::NO_BODY,
-        code::UNKNOWN => ProtocolFlags::NO_UNKNOWN,
-        _ => return None,
-    })
+    rules::command(command_code).and_then(|r| r.skip)
 }
 
 /// The `NR_*` flag that silences replies to `command_code`, if there is one.
 pub fn no_reply_flag(command_code: u8) -> Option<ProtocolFlags> {
-    Some(match command_code {
-        code::CONNECT => ProtocolFlags::NR_CONNECT,
-        code::HELO => ProtocolFlags::NR_HELO,
-        code::MAIL => ProtocolFlags::NR_MAIL,
-        code::RCPT => ProtocolFlags::NR_RCPT,
-        code::DATA => ProtocolFlags::NR_DATA,
-        code::HEADER => ProtocolFlags::NR_HEADER,
-        code::EOH => ProtocolFlags::NR_EOH,
-        code::BODY => ProtocolFlags::NR_BODY,
-        code::UNKNOWN => ProtocolFlags::NR_UNKNOWN,
-        _ => return None,
-    })
+    rules::command(command_code).and_then(|r| r.no_reply)
 }
 
 /// Settles `request` against `offer`.

@@ -474,7 +474,9 @@ async fn handler_panic_closes_only_its_connection() {
 struct Misuser;
 
 impl Milter for Misuser {
-    async fn helo(&mut self, _ctx: &Context<'_>, _helo: Bytes) -> Verdict {
+    // At UNKNOWN, where a tempfail refuses only that command; at CONNECT or HELO it would
+    // end the connection (Postfix closes the milter stream then).
+    async fn unknown(&mut self, _ctx: &Context<'_>, _line: Bytes) -> Verdict {
         Verdict::Skip
     }
 
@@ -492,7 +494,7 @@ async fn refused_verdict_becomes_a_logged_tempfail_and_the_stream_stays_in_step(
     let mut c = Raw::connect(addr).await;
     let peer = c.local();
     c.handshake().await;
-    c.send(&Command::Helo(Bytes::from_static(b"mx.example")))
+    c.send(&Command::Unknown(Bytes::from_static(b"FOO bar")))
         .await;
     assert_eq!(c.reply().await, Some(Reply::Verdict(Verdict::Tempfail)));
     wait_for_log(&[

@@ -7,6 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::{Code, ProtocolError};
 use crate::proto::flags::{Actions, ProtocolFlags};
 use crate::proto::reader::Reader;
+use crate::proto::rules::{self, put_cstr};
 use crate::wire::{Frame, encode_frame};
 
 /// Command codes (`SMFIC_*`).
@@ -352,29 +353,7 @@ impl Command {
 
 /// A human name for a command code.
 pub fn command_name(c: u8) -> &'static str {
-    match c {
-        code::OPTNEG => "OPTNEG",
-        code::MACRO => "MACRO",
-        code::CONNECT => "CONNECT",
-        code::HELO => "HELO",
-        code::MAIL => "MAIL",
-        code::RCPT => "RCPT",
-        code::DATA => "DATA",
-        code::HEADER => "HEADER",
-        code::EOH => "EOH",
-        code::BODY => "BODY",
-        code::EOB => "EOM",
-        code::ABORT => "ABORT",
-        code::QUIT => "QUIT",
-        code::QUIT_NC => "QUIT_NC",
-        code::UNKNOWN => "UNKNOWN",
-        _ => "unknown command",
-    }
-}
-
-fn put_cstr(p: &mut BytesMut, s: &[u8]) {
-    p.put_slice(s);
-    p.put_u8(0);
+    rules::command(c).map_or("unknown command", |r| r.name)
 }
 
 fn decode_connect(r: &mut Reader) -> Result<ConnectInfo, ProtocolError> {

@@ -141,14 +141,6 @@ impl Stage {
 
     /// The command code whose macro frame (`D`) carries this stage's macros.
     pub fn command_code(self) -> u8 {
-        match self {
-            Stage::Connect => b'C',
-            Stage::Helo => b'H',
-            Stage::MailFrom => b'M',
-            Stage::RcptTo => b'R',
-            Stage::Data => b'T',
-            Stage::EndOfMessage => b'E',
-            Stage::EndOfHeaders => b'N',
-        }
+        crate::proto::rules::stage_command(self)
     }
 }

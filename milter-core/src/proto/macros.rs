@@ -6,21 +6,7 @@ use bytes::Bytes;
 
 use crate::error::{Code, ProtocolError};
 use crate::proto::command::code;
-
-/// Commands in the order they occur in a session; defining macros for one forgets the
-/// macros of every later one (a new MAIL drops the last message's RCPT macros).
-const ORDER: [u8; 10] = [
-    code::CONNECT,
-    code::HELO,
-    code::MAIL,
-    code::RCPT,
-    code::DATA,
-    code::HEADER,
-    code::EOH,
-    code::BODY,
-    code::EOB,
-    code::UNKNOWN,
-];
+use crate::proto::rules::{bare_macro_name, session_rank};
 
 /// Default bound on the bytes a session keeps in macros.
 pub const DEFAULT_MACRO_BYTES: usize = 64 * 1024;
@@ -89,19 +75,11 @@ impl Macros {
     /// The value of `name`, searching from the newest stage back; `x` and `{x}` are the
     /// same macro.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let bare = name
-            .strip_prefix('{')
-            .and_then(|n| n.strip_suffix('}'))
-            .unwrap_or(name);
+        let bare = bare_macro_name(name.as_bytes());
         self.stages.iter().rev().find_map(|(_, pairs)| {
-            pairs.iter().find_map(|(n, v)| {
-                let n = n.as_ref();
-                let nb = n
-                    .strip_prefix(b"{")
-                    .and_then(|n| n.strip_suffix(b"}"))
-                    .unwrap_or(n);
-                (nb == bare.as_bytes()).then_some(v.as_ref())
-            })
+            pairs
+                .iter()
+                .find_map(|(n, v)| (bare_macro_name(n) == bare).then_some(v.as_ref()))
         })
     }
 
@@ -118,8 +96,10 @@ impl Macros {
     }
 }
 
+/// Commands rank in session order; defining macros for one forgets the macros of every
+/// later one (a new MAIL drops the last message's RCPT macros).
 fn rank(c: u8) -> usize {
-    ORDER.iter().position(|&o| o == c).unwrap_or(ORDER.len())
+    session_rank(c)
 }
 
 fn size(pairs: &[(Bytes, Bytes)]) -> usize {

@@ -1,11 +1,13 @@
 //! The wire vocabulary: typed commands and replies, negotiation bits, SMTP reply texts and
-//! macros. Pure data and codecs; no state, no I/O.
+//! macros, and the protocol rules both sides share ([`rules`]). Pure data and codecs; no
+//! state, no I/O.
 
 pub mod command;
 pub mod flags;
 pub mod macros;
 mod reader;
 pub mod reply;
+pub mod rules;
 pub mod smtp_reply;
 
 pub use command::{Command, ConnectInfo, Envelope, OptNeg, SocketInfo};

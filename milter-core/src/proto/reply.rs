@@ -6,6 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::error::{Code, ProtocolError, UsageError};
 use crate::proto::flags::{Actions, ProtocolFlags, Stage};
 use crate::proto::reader::Reader;
+use crate::proto::rules::put_cstr;
 use crate::proto::smtp_reply::{SmtpReply, SmtpReplyError};
 use crate::wire::{Frame, encode_frame};
 
@@ -328,15 +329,7 @@ impl Modification {
     }
 
     fn check(&self, strict_values: bool) -> Result<(), UsageError> {
-        fn no_nul(field: &'static str, v: &[u8]) -> Result<(), UsageError> {
-            if v.contains(&0) {
-                return Err(UsageError::InvalidField {
-                    field,
-                    reason: "contains a NUL byte",
-                });
-            }
-            Ok(())
-        }
+        use crate::proto::rules::check_field as no_nul;
         fn header_name(n: &[u8]) -> Result<(), UsageError> {
             if n.is_empty() || !n.iter().all(|&b| b.is_ascii_graphic() && b != b':') {
                 return Err(UsageError::InvalidField {
@@ -587,9 +580,4 @@ impl Reply {
 fn empty(r: &Reader, reply: Reply) -> Result<Reply, ProtocolError> {
     r.finish("unexpected data")?;
     Ok(reply)
-}
-
-fn put_cstr(p: &mut BytesMut, s: &[u8]) {
-    p.put_slice(s);
-    p.put_u8(0);
 }

@@ -8,15 +8,18 @@
 //! a peer that breaks the command order gets a [`ProtocolError`] and the connection should
 //! be closed.
 //!
-//! Command order: OPTNEG first and only once; CONNECT after negotiation or after QUIT_NC;
-//! HELO and UNKNOWN after CONNECT, outside message content; MAIL outside a message; RCPT
-//! after MAIL; DATA, headers, end of headers, body and end of message after RCPT, in that
-//! order, headers and body chunks repeating. Steps negotiated away (`NO_*`) may be absent.
-//! Nothing but QUIT may come while a reply is due. ABORT inside a message ends it and
-//! becomes [`Event::Abort`]; outside one (Postfix sends it at STARTTLS and twice at the
-//! end) it is absorbed. A final verdict other than Continue (or Skip) ends the message,
-//! except that Reject, Tempfail and a reply code at RCPT refuse only that recipient;
-//! verdicts at CONNECT, HELO and UNKNOWN leave the state alone.
+//! The command order and what each verdict ends are the rules both sides share
+//! ([`crate::proto::rules`]): OPTNEG first and only once; CONNECT after negotiation
+//! or after QUIT_NC; HELO and UNKNOWN after CONNECT, outside message content; MAIL outside a
+//! message; RCPT after MAIL; DATA, headers, end of headers, body and end of message after
+//! RCPT, in that order, headers and body chunks repeating. Steps negotiated away (`NO_*`)
+//! may be absent. Nothing but QUIT may come while a reply is due. ABORT inside a message
+//! ends it and becomes [`Event::Abort`]; outside one (Postfix sends it at STARTTLS and twice
+//! at the end) it is absorbed. A final verdict other than Continue (or Skip) ends the
+//! message, except that Reject, Tempfail and a reply code at RCPT refuse only that
+//! recipient and a verdict at UNKNOWN refuses only that command; at CONNECT and HELO it
+//! ends the connection (Postfix closes the milter stream), as Shutdown does anywhere: only
+//! QUIT or QUIT_NC may follow.
 
 use bytes::{Bytes, BytesMut};
 
@@ -26,6 +29,8 @@ use crate::proto::command::{Command, ConnectInfo, Envelope, code, command_name};
 use crate::proto::flags::ProtocolFlags;
 use crate::proto::macros::{DEFAULT_MACRO_BYTES, Macros};
 use crate::proto::reply::{Modification, Reply, Verdict};
+use crate::proto::rules::{self, Effect, ReplyKind, VerdictRefusal};
+use crate::session::order::{Conn, Order, Side};
 use crate::wire::{DEFAULT_RECV_MAX, DEFAULT_SEND_MAX, FrameDecoder, encode_frame};
 
 /// Limits of one session.
@@ -120,52 +125,6 @@ impl Event {
     }
 }
 
-/// Where the connection stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Conn {
-    /// Nothing received yet; only OPTNEG may come.
-    AwaitOffer,
-    /// OPTNEG delivered; [`MilterSession::negotiate`] must answer.
-    Negotiating(Offer),
-    /// Negotiated (or after QUIT_NC); CONNECT comes next.
-    AwaitConnect,
-    /// Connected; [`Msg`] says where the current message is.
-    Connected,
-    /// QUIT received.
-    Closed,
-}
-
-/// Where the current message is, in command order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Msg {
-    /// No message: before MAIL, or after a message ended.
-    Idle,
-    Mail,
-    Rcpt,
-    Data,
-    Header,
-    Eoh,
-    Body,
-}
-
-impl Msg {
-    fn of(command: u8) -> Option<Msg> {
-        Some(match command {
-            code::MAIL => Msg::Mail,
-            code::RCPT => Msg::Rcpt,
-            code::DATA => Msg::Data,
-            code::HEADER => Msg::Header,
-            code::EOH => Msg::Eoh,
-            code::BODY => Msg::Body,
-            _ => return None,
-        })
-    }
-
-    fn is_content(self) -> bool {
-        self >= Msg::Data
-    }
-}
-
 /// State cleared lazily, at the next [`MilterSession::poll_event`], so the handler can
 /// still read it (e.g. the queue id for its log line) right after the event that ended it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,10 +141,10 @@ pub struct MilterSession {
     decoder: FrameDecoder,
     input: BytesMut,
     output: BytesMut,
-    conn: Conn,
-    msg: Msg,
-    /// The command awaiting its final reply.
-    pending: Option<u8>,
+    /// Command order, pending reply and verdict effects: the rules both sides share.
+    order: Order,
+    /// The MTA's offer while negotiation awaits its answer.
+    offer: Option<Offer>,
     /// The last event was at a no-reply stage: one `Continue` is swallowed.
     swallow_continue: bool,
     /// A body replacement was queued in this end of message.
@@ -206,9 +165,8 @@ impl MilterSession {
             decoder: FrameDecoder::new(config.max_frame),
             input: BytesMut::new(),
             output: BytesMut::new(),
-            conn: Conn::AwaitOffer,
-            msg: Msg::Idle,
-            pending: None,
+            order: Order::new(),
+            offer: None,
             swallow_continue: false,
             body_replaced: false,
             stale: Stale::None,
@@ -286,157 +244,58 @@ impl MilterSession {
     /// Applies one command to the state; `Ok(None)` if it was absorbed.
     fn accept(&mut self, cmd: Command) -> Result<Option<Event>, ProtocolError> {
         let c = cmd.code();
-        if self.conn == Conn::Closed {
-            return Err(unexpected(c, "after QUIT"));
+        let admitted = self
+            .order
+            .check(c, self.negotiated.as_ref(), Side::Milter)
+            .map_err(|r| unexpected(c, r.phrase()))?;
+        if let Command::Macros { for_command, pairs } = cmd {
+            self.macros.define(for_command, pairs)?;
+            return Ok(None);
         }
-        if matches!(cmd, Command::Quit) {
-            self.conn = Conn::Closed;
-            self.pending = None;
-            return Ok(Some(Event::Quit));
-        }
-        if self.pending.is_some() || matches!(self.conn, Conn::Negotiating(_)) {
-            return Err(unexpected(c, "while a reply is due"));
-        }
-        let negotiated = match (&self.conn, &self.negotiated) {
-            (Conn::AwaitOffer, _) => {
-                let Command::OptNeg(o) = cmd else {
-                    return Err(unexpected(c, "before negotiation"));
-                };
-                let offer = Offer::from(o);
-                self.conn = Conn::Negotiating(offer);
-                return Ok(Some(Event::Negotiate(offer)));
-            }
-            (_, Some(n)) => n,
-            (_, None) => return Err(unexpected(c, "before negotiation")),
-        };
-        let no_reply = negotiated.no_reply(c);
-        let skipped_connect = negotiated.skipped(code::CONNECT);
-        let skipped_mail = negotiated.skipped(code::MAIL);
-        let skipped_rcpt = negotiated.skipped(code::RCPT);
-
-        // Where the command may come: see the module docs.
+        self.order = admitted.next;
+        self.swallow_continue = admitted.no_reply;
         let event = match cmd {
-            Command::OptNeg(_) => return Err(unexpected(c, "after negotiation")),
-            Command::Macros { for_command, pairs } => {
-                self.macros.define(for_command, pairs)?;
-                return Ok(None);
+            Command::OptNeg(o) => {
+                let offer = Offer::from(o);
+                self.offer = Some(offer);
+                Event::Negotiate(offer)
             }
+            Command::Quit => Event::Quit,
             Command::QuitNoClose => {
-                self.conn = Conn::AwaitConnect;
-                self.msg = Msg::Idle;
                 self.stale = Stale::Connection;
-                return Ok(Some(Event::QuitNoClose));
+                Event::QuitNoClose
             }
+            // Outside a message (STARTTLS, duplicates, after a final reply) it is absorbed.
+            Command::Abort if admitted.idle_abort => return Ok(None),
             Command::Abort => {
-                if self.msg == Msg::Idle {
-                    // Outside a message (STARTTLS, duplicates, after a final reply).
-                    return Ok(None);
-                }
                 self.end_message();
-                return Ok(Some(Event::Abort));
+                Event::Abort
             }
             Command::Connect(info) => {
-                if self.conn != Conn::AwaitConnect {
-                    return Err(unexpected(c, "after CONNECT"));
-                }
-                self.conn = Conn::Connected;
                 self.connect_info = Some(info.clone());
                 Event::Connect(info)
             }
-            other => {
-                if self.conn == Conn::AwaitConnect {
-                    if !skipped_connect {
-                        return Err(unexpected(c, "before CONNECT"));
-                    }
-                    self.conn = Conn::Connected;
-                }
-                match other {
-                    Command::Helo(h) => {
-                        // Postfix sends HELO after MAIL as is, then an abort.
-                        if self.msg.is_content() {
-                            return Err(unexpected(c, "inside message content"));
-                        }
-                        self.helo = Some(h.clone());
-                        Event::Helo(h)
-                    }
-                    Command::Unknown(line) => {
-                        if self.msg.is_content() {
-                            return Err(unexpected(c, "inside message content"));
-                        }
-                        Event::Unknown(line)
-                    }
-                    Command::Mail(env) => {
-                        if self.msg != Msg::Idle {
-                            return Err(unexpected(c, "inside a message"));
-                        }
-                        self.msg = Msg::Mail;
-                        Event::Mail(env)
-                    }
-                    Command::Rcpt(env) => {
-                        let ok = match self.msg {
-                            Msg::Mail | Msg::Rcpt => true,
-                            Msg::Idle => skipped_mail,
-                            _ => false,
-                        };
-                        if !ok {
-                            let state = if self.msg == Msg::Idle {
-                                "before MAIL"
-                            } else {
-                                "inside message content"
-                            };
-                            return Err(unexpected(c, state));
-                        }
-                        self.msg = Msg::Rcpt;
-                        Event::Rcpt(env)
-                    }
-                    content => {
-                        let envelope_done = match self.msg {
-                            Msg::Idle => skipped_mail && skipped_rcpt,
-                            Msg::Mail => skipped_rcpt,
-                            _ => true,
-                        };
-                        if !envelope_done {
-                            return Err(unexpected(c, "before RCPT"));
-                        }
-                        let target = Msg::of(c);
-                        let in_order = match target {
-                            // Headers and body chunks repeat; the others come once.
-                            Some(t @ (Msg::Header | Msg::Body)) => t >= self.msg,
-                            Some(t) => t > self.msg,
-                            None => true, // end of message closes any stage
-                        };
-                        if !in_order {
-                            return Err(unexpected(c, "out of order in the message"));
-                        }
-                        if let Some(t) = target {
-                            self.msg = t;
-                        }
-                        match content {
-                            Command::Data => Event::Data,
-                            Command::Header { name, value } => Event::Header { name, value },
-                            Command::EndOfHeaders => Event::EndOfHeaders,
-                            Command::Body(b) => Event::Body(b),
-                            Command::EndOfMessage(b) => {
-                                self.body_replaced = false;
-                                Event::EndOfMessage(b)
-                            }
-                            // Every other command was matched above.
-                            _ => return Err(unexpected(c, "in this state")),
-                        }
-                    }
-                }
+            Command::Helo(h) => {
+                self.helo = Some(h.clone());
+                Event::Helo(h)
             }
+            Command::Unknown(line) => Event::Unknown(line),
+            Command::Mail(env) => Event::Mail(env),
+            Command::Rcpt(env) => Event::Rcpt(env),
+            Command::Data => Event::Data,
+            Command::Header { name, value } => Event::Header { name, value },
+            Command::EndOfHeaders => Event::EndOfHeaders,
+            Command::Body(b) => Event::Body(b),
+            Command::EndOfMessage(b) => {
+                self.body_replaced = false;
+                Event::EndOfMessage(b)
+            }
+            Command::Macros { .. } => return Ok(None),
         };
-        if c == code::EOB || !no_reply {
-            self.pending = Some(c);
-        } else {
-            self.swallow_continue = true;
-        }
         Ok(Some(event))
     }
 
     fn end_message(&mut self) {
-        self.msg = Msg::Idle;
         self.body_replaced = false;
         if self.stale == Stale::None {
             self.stale = Stale::Message;
@@ -446,7 +305,7 @@ impl MilterSession {
     /// Answers [`Event::Negotiate`] with what `request` asks for, or refuses (then close
     /// the connection; nothing was queued and the session is unchanged).
     pub fn negotiate(&mut self, request: &Request) -> Result<&Negotiated, NegotiateError> {
-        let Conn::Negotiating(offer) = self.conn else {
+        let (Some(code::OPTNEG), Some(offer)) = (self.order.pending, self.offer) else {
             return Err(NegotiateError::NotPending);
         };
         let n = negotiate::negotiate(&offer, request)?;
@@ -462,7 +321,8 @@ impl MilterSession {
             });
         }
         self.output.extend_from_slice(&frame);
-        self.conn = Conn::AwaitConnect;
+        self.order.negotiated();
+        self.offer = None;
         Ok(self.negotiated.insert(n))
     }
 
@@ -472,16 +332,10 @@ impl MilterSession {
     /// [`UsageError::NoReplyDue`]. `Skip` only answers BODY with SKIP negotiated;
     /// `Discard` only answers message commands (MAIL onward).
     pub fn reply(&mut self, verdict: Verdict) -> Result<(), UsageError> {
-        if self.conn == Conn::Closed {
+        if self.is_closed() {
             return Err(UsageError::Closed);
         }
-        if matches!(self.conn, Conn::Negotiating(_)) {
-            return Err(UsageError::VerdictNotAllowed {
-                verdict: verdict.name(),
-                command: command_name(code::OPTNEG),
-            });
-        }
-        let Some(pending) = self.pending else {
+        let Some(pending) = self.order.pending else {
             if self.swallow_continue && verdict == Verdict::Continue {
                 self.swallow_continue = false;
                 return Ok(());
@@ -492,38 +346,23 @@ impl MilterSession {
             verdict: verdict.name(),
             command: command_name(pending),
         };
-        match verdict {
-            Verdict::Skip => {
-                if pending != code::BODY {
-                    return Err(not_allowed());
-                }
-                if !self.negotiated.as_ref().is_some_and(Negotiated::skip) {
-                    return Err(UsageError::ProtocolNotNegotiated {
-                        what: "skip",
-                        needed: ProtocolFlags::SKIP,
-                    });
-                }
-            }
-            Verdict::Discard if !is_message_command(pending) => return Err(not_allowed()),
-            _ => {}
-        }
-        let ends_message = match pending {
-            code::CONNECT | code::HELO | code::UNKNOWN => false,
-            code::EOB => true,
-            code::RCPT => !matches!(
-                verdict,
-                Verdict::Continue | Verdict::Reject | Verdict::Tempfail | Verdict::Reply(_)
-            ),
-            _ => !matches!(verdict, Verdict::Continue | Verdict::Skip),
-        };
+        rules::reply_allowed(Some(pending), ReplyKind::Verdict).map_err(|_| not_allowed())?;
+        let skip = self.negotiated.as_ref().is_some_and(Negotiated::skip);
+        let effect = rules::verdict_effect(pending, &verdict, skip).map_err(|r| match r {
+            VerdictRefusal::SkipNotNegotiated => UsageError::ProtocolNotNegotiated {
+                what: "skip",
+                needed: ProtocolFlags::SKIP,
+            },
+            VerdictRefusal::NotAllowed(_) => not_allowed(),
+        })?;
         tracing::trace!(
             command = command_name(pending),
             verdict = verdict.name(),
             "reply"
         );
         Reply::Verdict(verdict).encode(&mut self.output);
-        self.pending = None;
-        if ends_message {
+        self.order.answered(effect);
+        if matches!(effect, Effect::EndsMessage | Effect::EndsConnection) {
             self.end_message();
         }
         Ok(())
@@ -581,18 +420,17 @@ impl MilterSession {
     }
 
     fn check_at_eom(&self, what: &'static str) -> Result<(), UsageError> {
-        if self.conn == Conn::Closed {
+        if self.is_closed() {
             return Err(UsageError::Closed);
         }
-        if self.pending != Some(code::EOB) {
-            return Err(UsageError::NotAtEndOfMessage(what));
-        }
-        Ok(())
+        // Progress and modifications share the rule; the kind only matters to the MTA.
+        rules::reply_allowed(self.order.pending, ReplyKind::Modification)
+            .map_err(|_| UsageError::NotAtEndOfMessage(what))
     }
 
     /// Whether a command awaits its final answer (or the offer its negotiation).
     pub fn reply_due(&self) -> bool {
-        self.pending.is_some() || matches!(self.conn, Conn::Negotiating(_))
+        self.order.pending.is_some()
     }
 
     /// Which timeout applies now, while waiting for the MTA or the handler:
@@ -602,7 +440,8 @@ impl MilterSession {
     /// [`Phase::Command`] while CONNECT, HELO, UNKNOWN or an envelope command awaits its
     /// answer and inside the envelope; [`Phase::Idle`] between messages.
     pub fn phase(&self) -> Phase {
-        match self.conn {
+        let o = &self.order;
+        match o.conn {
             Conn::AwaitConnect
                 if self
                     .negotiated
@@ -611,21 +450,21 @@ impl MilterSession {
             {
                 Phase::Idle
             }
-            Conn::AwaitOffer | Conn::Negotiating(_) | Conn::AwaitConnect => Phase::Negotiation,
-            Conn::Closed => Phase::Idle,
-            Conn::Connected => match (self.pending, self.msg) {
-                (Some(code::EOB), _) => Phase::Content,
-                (_, m) if m.is_content() => Phase::Content,
-                (Some(_), _) => Phase::Command,
-                (None, Msg::Idle) => Phase::Idle,
-                (None, _) => Phase::Command,
+            Conn::Fresh | Conn::AwaitConnect => Phase::Negotiation,
+            Conn::Closed | Conn::Done => Phase::Idle,
+            Conn::Connected => match o.pending {
+                Some(code::EOB) => Phase::Content,
+                _ if o.in_content() => Phase::Content,
+                Some(_) => Phase::Command,
+                None if !o.in_message() => Phase::Idle,
+                None => Phase::Command,
             },
         }
     }
 
     /// Whether a message is under way (from MAIL to its end or abort).
     pub fn in_transaction(&self) -> bool {
-        self.msg != Msg::Idle
+        self.order.in_message()
     }
 
     /// The macros defined so far. Those of a message that ended stay readable until the
@@ -656,7 +495,7 @@ impl MilterSession {
 
     /// Whether the MTA sent QUIT.
     pub fn is_closed(&self) -> bool {
-        self.conn == Conn::Closed
+        self.order.conn == Conn::Closed
     }
 }
 
@@ -665,11 +504,4 @@ fn unexpected(c: u8, state: &'static str) -> ProtocolError {
         code: Code(c),
         state,
     }
-}
-
-fn is_message_command(c: u8) -> bool {
-    matches!(
-        c,
-        code::MAIL | code::RCPT | code::DATA | code::HEADER | code::EOH | code::BODY | code::EOB
-    )
 }

@@ -4,5 +4,6 @@
 
 pub mod milter;
 pub mod mta;
+mod order;
 
 pub use milter::{Event, MilterSession, SessionConfig};

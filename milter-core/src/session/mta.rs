@@ -26,6 +26,8 @@ use crate::negotiate::Negotiated;
 use crate::proto::command::{Command, ConnectInfo, Envelope, OptNeg, code, command_name};
 use crate::proto::flags::{Actions, ProtocolFlags, Stage};
 use crate::proto::reply::{Modification, OptNegReply, Reply, Verdict};
+use crate::proto::rules::{self, Effect, ReplyKind, check_field};
+use crate::session::order::{Admitted, Conn, Order, Refusal, Side};
 use crate::wire::{DEFAULT_RECV_MAX, FrameDecoder, MAX_CHUNK};
 
 /// Macro lists per event, used for the stages the milter did not ask about.
@@ -73,15 +75,15 @@ impl DefaultMacros {
     }
 
     fn for_command(&self, command: u8) -> &[String] {
-        match command {
-            code::CONNECT => &self.connect,
-            code::HELO => &self.helo,
-            code::MAIL => &self.mail,
-            code::RCPT => &self.rcpt,
-            code::DATA => &self.data,
-            code::HEADER | code::EOH => &self.eoh,
-            code::BODY | code::EOB => &self.eom,
-            _ => &self.unknown,
+        match rules::command(command).and_then(|r| r.macro_stage) {
+            Some(Stage::Connect) => &self.connect,
+            Some(Stage::Helo) => &self.helo,
+            Some(Stage::MailFrom) => &self.mail,
+            Some(Stage::RcptTo) => &self.rcpt,
+            Some(Stage::Data) => &self.data,
+            Some(Stage::EndOfHeaders) => &self.eoh,
+            Some(Stage::EndOfMessage) => &self.eom,
+            None => &self.unknown,
         }
     }
 }
@@ -132,20 +134,6 @@ impl Default for MtaConfig {
     }
 }
 
-/// The stage whose macro list Postfix sends before a command.
-fn macro_stage(command: u8) -> Option<Stage> {
-    Some(match command {
-        code::CONNECT => Stage::Connect,
-        code::HELO => Stage::Helo,
-        code::MAIL => Stage::MailFrom,
-        code::RCPT => Stage::RcptTo,
-        code::DATA => Stage::Data,
-        code::HEADER | code::EOH => Stage::EndOfHeaders,
-        code::BODY | code::EOB => Stage::EndOfMessage,
-        _ => return None,
-    })
-}
-
 /// What happened to a command handed to the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sent {
@@ -176,44 +164,6 @@ pub enum MtaEvent {
     Progress,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Fresh,
-    Negotiated,
-    /// Connected, before MAIL (also after HELO and after ABORT).
-    Connected,
-    Mail,
-    Rcpt,
-    Data,
-    Headers,
-    Body,
-    Eom,
-    /// The message got its final answer; only ABORT, MAIL, HELO, UNKNOWN or QUIT may follow.
-    MessageDone,
-    /// The milter accepted or refused the connection itself; only QUIT may follow.
-    ConnectionDone,
-    Closed,
-}
-
-impl State {
-    fn phrase(self) -> &'static str {
-        match self {
-            State::Fresh => "before negotiation",
-            State::Negotiated => "before CONNECT",
-            State::Connected => "before MAIL",
-            State::Mail => "after MAIL",
-            State::Rcpt => "after RCPT",
-            State::Data => "after DATA",
-            State::Headers => "among the headers",
-            State::Body => "in the body",
-            State::Eom => "at end of message",
-            State::MessageDone => "after the message's final answer",
-            State::ConnectionDone => "after the milter ended the connection",
-            State::Closed => "after QUIT",
-        }
-    }
-}
-
 /// The MTA side of one milter connection. See the [module docs](self).
 #[derive(Debug)]
 pub struct MtaSession {
@@ -221,9 +171,8 @@ pub struct MtaSession {
     decoder: FrameDecoder,
     read: BytesMut,
     out: BytesMut,
-    state: State,
-    /// The command whose reply is due.
-    pending: Option<u8>,
+    /// Command order, pending reply and verdict effects: the rules both sides share.
+    order: Order,
     options: Option<Negotiated>,
     macro_values: HashMap<String, Bytes>,
     skip_body: bool,
@@ -240,27 +189,11 @@ enum BodyRun {
     Closed,
 }
 
-fn bare(name: &str) -> &str {
-    name.strip_prefix('{')
-        .and_then(|n| n.strip_suffix('}'))
-        .unwrap_or(name)
-}
-
 fn unexpected(code: u8, state: &'static str) -> ProtocolError {
     ProtocolError::UnexpectedReply {
         code: Code(code),
         state,
     }
-}
-
-fn check_field(field: &'static str, v: &[u8]) -> Result<(), UsageError> {
-    if v.contains(&0) {
-        return Err(UsageError::InvalidField {
-            field,
-            reason: "contains a NUL byte",
-        });
-    }
-    Ok(())
 }
 
 impl MtaSession {
@@ -271,8 +204,7 @@ impl MtaSession {
             config,
             read: BytesMut::new(),
             out: BytesMut::new(),
-            state: State::Fresh,
-            pending: None,
+            order: Order::new(),
             options: None,
             macro_values: HashMap::new(),
             skip_body: false,
@@ -309,12 +241,12 @@ impl MtaSession {
 
     /// Whether a reply is due from the milter.
     pub fn awaiting_reply(&self) -> bool {
-        self.pending.is_some()
+        self.order.pending.is_some()
     }
 
     /// The command whose reply is due.
     pub fn pending(&self) -> Option<u8> {
-        self.pending
+        self.order.pending
     }
 
     /// Whether the milter asked to skip the rest of this message's body.
@@ -324,19 +256,19 @@ impl MtaSession {
 
     /// Whether QUIT was sent.
     pub fn is_closed(&self) -> bool {
-        self.state == State::Closed
+        self.order.conn == Conn::Closed
     }
 
     /// Whether the milter ended the connection with its answer to CONNECT or HELO.
     pub fn connection_done(&self) -> bool {
-        self.state == State::ConnectionDone
+        self.order.conn == Conn::Done
     }
 
     /// Which timeout applies while waiting for the milter, as Postfix times it: command
     /// timeout for negotiation and the envelope, content timeout for headers, body and end
     /// of message.
     pub fn phase(&self) -> Phase {
-        match self.pending {
+        match self.order.pending {
             Some(code::OPTNEG) => Phase::Negotiation,
             Some(code::HEADER | code::EOH | code::BODY | code::EOB) => Phase::Content,
             Some(_) => Phase::Command,
@@ -348,80 +280,77 @@ impl MtaSession {
     /// the same macro). An empty value counts as no value.
     pub fn set_macro(&mut self, name: &str, value: impl Into<Bytes>) {
         self.macro_values
-            .insert(bare(name).to_owned(), value.into());
+            .insert(rules::bare_macro_str(name).to_owned(), value.into());
     }
 
     /// Removes a macro value.
     pub fn remove_macro(&mut self, name: &str) {
-        self.macro_values.remove(bare(name));
+        self.macro_values.remove(rules::bare_macro_str(name));
     }
 
     /// The value a macro would be sent with.
     pub fn macro_value(&self, name: &str) -> Option<&Bytes> {
-        self.macro_values.get(bare(name))
+        self.macro_values.get(rules::bare_macro_str(name))
     }
 
     /// Queues the negotiation offer. First call of a session.
     pub fn negotiate(&mut self) -> Result<Sent, UsageError> {
-        self.ready_for(code::OPTNEG, &[State::Fresh])?;
+        let admitted = self.admit(code::OPTNEG)?;
         Command::OptNeg(OptNeg {
             version: self.config.version,
             actions: self.config.actions,
             protocol: self.config.protocol,
         })
         .encode(&mut self.out);
-        self.pending = Some(code::OPTNEG);
+        self.order = admitted.next;
         Ok(Sent::AwaitingReply)
     }
 
     /// Queues CONNECT (with its macros).
     pub fn connect(&mut self, info: &ConnectInfo) -> Result<Sent, UsageError> {
-        self.ready_for(code::CONNECT, &[State::Negotiated])?;
+        let admitted = self.admit(code::CONNECT)?;
         check_field("client host name", &info.hostname)?;
         match &info.socket {
             crate::proto::SocketInfo::Unix { path } => check_field("socket path", path)?,
             crate::proto::SocketInfo::Unparsed { raw, .. } => check_field("client address", raw)?,
             _ => {}
         }
-        Ok(self.event(Command::Connect(info.clone()), State::Connected))
+        Ok(self.event(Command::Connect(info.clone()), admitted))
     }
 
     /// Queues HELO.
     pub fn helo(&mut self, helo: &[u8]) -> Result<Sent, UsageError> {
-        self.ready_for(code::HELO, &[State::Connected, State::MessageDone])?;
+        let admitted = self.admit(code::HELO)?;
         check_field("HELO name", helo)?;
-        Ok(self.event(
-            Command::Helo(Bytes::copy_from_slice(helo)),
-            State::Connected,
-        ))
+        Ok(self.event(Command::Helo(Bytes::copy_from_slice(helo)), admitted))
     }
 
     /// Queues MAIL; starts a new message.
     pub fn mail(&mut self, sender: &Envelope) -> Result<Sent, UsageError> {
-        self.ready_for(code::MAIL, &[State::Connected, State::MessageDone])?;
+        let admitted = self.admit(code::MAIL)?;
         check_envelope(sender)?;
         self.reset_message();
-        Ok(self.event(Command::Mail(sender.clone()), State::Mail))
+        Ok(self.event(Command::Mail(sender.clone()), admitted))
     }
 
     /// Queues RCPT.
     pub fn rcpt(&mut self, recipient: &Envelope) -> Result<Sent, UsageError> {
-        self.ready_for(code::RCPT, &[State::Mail, State::Rcpt])?;
+        let admitted = self.admit(code::RCPT)?;
         check_envelope(recipient)?;
-        Ok(self.event(Command::Rcpt(recipient.clone()), State::Rcpt))
+        Ok(self.event(Command::Rcpt(recipient.clone()), admitted))
     }
 
     /// Queues DATA.
     pub fn data(&mut self) -> Result<Sent, UsageError> {
-        self.ready_for(code::DATA, &[State::Rcpt])?;
-        Ok(self.event(Command::Data, State::Data))
+        let admitted = self.admit(code::DATA)?;
+        Ok(self.event(Command::Data, admitted))
     }
 
     /// Queues one header field. `value` is everything after the colon, folds included,
     /// with any line ending (CRLF becomes LF, as Postfix sends it). Without
     /// `HEADER_LEADING_SPACE` one leading space is removed, as Postfix does.
     pub fn header(&mut self, name: &[u8], value: &[u8]) -> Result<Sent, UsageError> {
-        self.ready_for(code::HEADER, &[State::Rcpt, State::Data, State::Headers])?;
+        let admitted = self.admit(code::HEADER)?;
         if name.is_empty() {
             return Err(UsageError::InvalidField {
                 field: "header name",
@@ -439,20 +368,20 @@ impl MtaSession {
                 name: Bytes::copy_from_slice(name),
                 value: Bytes::from(v),
             },
-            State::Headers,
+            admitted,
         ))
     }
 
     /// Queues end of headers.
     pub fn end_of_headers(&mut self) -> Result<Sent, UsageError> {
-        self.ready_for(code::EOH, &[State::Rcpt, State::Data, State::Headers])?;
-        Ok(self.event(Command::EndOfHeaders, State::Body))
+        let admitted = self.admit(code::EOH)?;
+        Ok(self.event(Command::EndOfHeaders, admitted))
     }
 
     /// Queues one body chunk of at most 65535 bytes (see [`body_chunks`]). After the milter
     /// answered SKIP, nothing is sent and [`Sent::Skipped`] is returned.
     pub fn body(&mut self, chunk: &[u8]) -> Result<Sent, UsageError> {
-        self.ready_for(code::BODY, &[State::Body])?;
+        let admitted = self.admit(code::BODY)?;
         if chunk.len() > MAX_CHUNK {
             return Err(UsageError::InvalidField {
                 field: "body chunk",
@@ -462,66 +391,36 @@ impl MtaSession {
         if self.skip_body {
             return Ok(Sent::Skipped);
         }
-        Ok(self.event(Command::Body(Bytes::copy_from_slice(chunk)), State::Body))
+        Ok(self.event(Command::Body(Bytes::copy_from_slice(chunk)), admitted))
     }
 
     /// Queues end of message. Modifications arrive as events, then the final verdict.
     pub fn end_of_message(&mut self) -> Result<Sent, UsageError> {
-        self.ready_for(
-            code::EOB,
-            &[State::Rcpt, State::Data, State::Headers, State::Body],
-        )?;
-        self.send_macros(code::EOB);
-        Command::EndOfMessage(Bytes::new()).encode(&mut self.out);
-        self.state = State::Eom;
-        self.pending = Some(code::EOB);
-        Ok(Sent::AwaitingReply)
+        let admitted = self.admit(code::EOB)?;
+        Ok(self.event(Command::EndOfMessage(Bytes::new()), admitted))
     }
 
     /// Queues an SMTP command the MTA did not recognise.
     pub fn unknown(&mut self, line: &[u8]) -> Result<Sent, UsageError> {
-        self.ready_for(
-            code::UNKNOWN,
-            &[
-                State::Connected,
-                State::Mail,
-                State::Rcpt,
-                State::MessageDone,
-            ],
-        )?;
+        let admitted = self.admit(code::UNKNOWN)?;
         check_field("command line", line)?;
-        let state = self.state;
-        Ok(self.event(Command::Unknown(Bytes::copy_from_slice(line)), state))
+        Ok(self.event(Command::Unknown(Bytes::copy_from_slice(line)), admitted))
     }
 
     /// Queues ABORT: the message is forgotten, the connection stays. Never answered.
     pub fn abort(&mut self) -> Result<(), UsageError> {
-        self.ready_for(
-            code::ABORT,
-            &[
-                State::Connected,
-                State::Mail,
-                State::Rcpt,
-                State::Data,
-                State::Headers,
-                State::Body,
-                State::MessageDone,
-            ],
-        )?;
+        let admitted = self.admit(code::ABORT)?;
         Command::Abort.encode(&mut self.out);
         self.reset_message();
-        self.state = State::Connected;
+        self.order = admitted.next;
         Ok(())
     }
 
     /// Queues QUIT. Allowed at any time, even while a reply is due (the MTA gives up).
     pub fn quit(&mut self) -> Result<(), UsageError> {
-        if self.state == State::Closed {
-            return Err(UsageError::Closed);
-        }
+        let admitted = self.admit(code::QUIT)?;
         Command::Quit.encode(&mut self.out);
-        self.pending = None;
-        self.state = State::Closed;
+        self.order = admitted.next;
         Ok(())
     }
 
@@ -529,7 +428,7 @@ impl MtaSession {
     /// reply was due.
     pub fn eof(&mut self) -> Result<(), ProtocolError> {
         self.decoder.decode_eof(&mut self.read)?;
-        if let Some(c) = self.pending {
+        if let Some(c) = self.order.pending {
             return Err(ProtocolError::Malformed {
                 code: Code(c),
                 reason: "the milter closed the connection instead of replying",
@@ -546,19 +445,25 @@ impl MtaSession {
             return Ok(None);
         };
         let code_byte = frame.code;
-        let Some(pending) = self.pending else {
-            return Err(unexpected(code_byte, "while no reply is due"));
-        };
+        let pending = self.order.pending;
+        if pending.is_none() {
+            // Refused before decoding: nothing the milter says now can be right.
+            rules::reply_allowed(None, ReplyKind::Verdict).map_err(|p| unexpected(code_byte, p))?;
+        }
         let reply = Reply::decode(frame)?;
+        let kind = match &reply {
+            Reply::OptNeg(_) => ReplyKind::OptNeg,
+            Reply::Verdict(_) => ReplyKind::Verdict,
+            Reply::Modification(_) => ReplyKind::Modification,
+            Reply::Progress => ReplyKind::Progress,
+        };
+        rules::reply_allowed(pending, kind).map_err(|p| unexpected(code_byte, p))?;
         match (pending, reply) {
-            (code::OPTNEG, Reply::OptNeg(o)) => self.on_negotiated(o).map(Some),
-            (code::OPTNEG, _) => Err(unexpected(code_byte, "in answer to OPTNEG")),
-            (_, Reply::OptNeg(_)) => Err(unexpected(code_byte, "after negotiation")),
-            (code::EOB, Reply::Progress) => Ok(Some(MtaEvent::Progress)),
-            (_, Reply::Progress) => Err(unexpected(code_byte, "before end of message")),
-            (code::EOB, Reply::Modification(m)) => self.on_modification(code_byte, m).map(Some),
-            (_, Reply::Modification(_)) => Err(unexpected(code_byte, "before end of message")),
-            (command, Reply::Verdict(v)) => self.on_verdict(command, v).map(Some),
+            (_, Reply::OptNeg(o)) => self.on_negotiated(o).map(Some),
+            (_, Reply::Progress) => Ok(Some(MtaEvent::Progress)),
+            (_, Reply::Modification(m)) => self.on_modification(code_byte, m).map(Some),
+            (Some(command), Reply::Verdict(v)) => self.on_verdict(command, v).map(Some),
+            (None, Reply::Verdict(_)) => Err(unexpected(code_byte, "while no reply is due")),
         }
     }
 
@@ -592,8 +497,7 @@ impl MtaSession {
             macros: o.macros,
         };
         self.options = Some(options.clone());
-        self.pending = None;
-        self.state = State::Negotiated;
+        self.order.negotiated();
         Ok(MtaEvent::Negotiated(options))
     }
 
@@ -645,36 +549,12 @@ impl MtaSession {
     }
 
     fn on_verdict(&mut self, command: u8, v: Verdict) -> Result<MtaEvent, ProtocolError> {
-        let connection_stage = matches!(command, code::CONNECT | code::HELO);
-        match &v {
-            Verdict::Skip => {
-                let negotiated = self
-                    .options
-                    .as_ref()
-                    .is_some_and(|o| o.protocol.contains(ProtocolFlags::SKIP));
-                if command != code::BODY || !negotiated {
-                    return Err(unexpected(
-                        v.code(),
-                        "other than in answer to BODY with SKIP negotiated",
-                    ));
-                }
-            }
-            Verdict::Discard if connection_stage || command == code::UNKNOWN => {
-                return Err(unexpected(v.code(), "outside a message"));
-            }
-            _ => {}
-        }
-        self.pending = None;
-        match (&v, command) {
-            (Verdict::Continue, code::EOB) => self.state = State::MessageDone,
-            (Verdict::Continue, _) => {}
-            (Verdict::Skip, _) => self.skip_body = true,
-            (Verdict::Shutdown, _) => self.state = State::ConnectionDone,
-            (_, code::CONNECT | code::HELO) => self.state = State::ConnectionDone,
-            // A refusal at RCPT refuses only that recipient.
-            (Verdict::Reject | Verdict::Tempfail | Verdict::Reply(_), code::RCPT) => {}
-            (_, code::UNKNOWN) => {}
-            _ => self.state = State::MessageDone,
+        let skip = self.options.as_ref().is_some_and(Negotiated::skip);
+        let effect = rules::verdict_effect(command, &v, skip)
+            .map_err(|r| unexpected(v.code(), r.phrase()))?;
+        self.order.answered(effect);
+        if effect == Effect::SkipBody {
+            self.skip_body = true;
         }
         Ok(MtaEvent::Verdict {
             command,
@@ -682,20 +562,18 @@ impl MtaSession {
         })
     }
 
-    fn ready_for(&self, command: u8, allowed: &[State]) -> Result<(), UsageError> {
-        if self.state == State::Closed {
-            return Err(UsageError::Closed);
-        }
-        if self.pending.is_some() {
-            return Err(UsageError::ReplyPending);
-        }
-        if !allowed.contains(&self.state) {
-            return Err(UsageError::OutOfOrder {
-                command: command_name(command),
-                state: self.state.phrase(),
-            });
-        }
-        Ok(())
+    /// Whether command `c` may be sent now; nothing changes until [`Self::event`].
+    fn admit(&self, c: u8) -> Result<Admitted, UsageError> {
+        self.order
+            .check(c, self.options.as_ref(), Side::Mta)
+            .map_err(|r| match r {
+                Refusal::Closed => UsageError::Closed,
+                Refusal::ReplyDue => UsageError::ReplyPending,
+                Refusal::OutOfOrder(state) => UsageError::OutOfOrder {
+                    command: command_name(c),
+                    state,
+                },
+            })
     }
 
     fn reset_message(&mut self) {
@@ -705,35 +583,30 @@ impl MtaSession {
         self.body_run = BodyRun::None;
     }
 
-    /// Macros, then the command unless negotiated away; sets the reply expectation.
-    fn event(&mut self, cmd: Command, next: State) -> Sent {
-        let c = cmd.code();
-        self.send_macros(c);
-        self.state = next;
-        let (skips, no_reply) = match &self.options {
-            Some(o) => (o.skipped(c), o.no_reply(c)),
-            None => (false, false),
-        };
-        if skips {
+    /// Macros, then the command unless negotiated away; takes the admitted order.
+    fn event(&mut self, cmd: Command, admitted: Admitted) -> Sent {
+        self.send_macros(cmd.code());
+        self.order = admitted.next;
+        if !admitted.sent {
             return Sent::Skipped;
         }
         cmd.encode(&mut self.out);
-        if no_reply {
-            Sent::NoReply
-        } else {
-            self.pending = Some(c);
+        if admitted.awaits_reply {
             Sent::AwaitingReply
+        } else {
+            Sent::NoReply
         }
     }
 
     fn send_macros(&mut self, command: u8) {
-        let requested =
-            macro_stage(command).and_then(|s| self.options.as_ref().and_then(|o| o.macros_for(s)));
+        let requested = rules::command(command)
+            .and_then(|r| r.macro_stage)
+            .and_then(|s| self.options.as_ref().and_then(|o| o.macros_for(s)));
         let names = requested.unwrap_or_else(|| self.config.default_macros.for_command(command));
         let pairs = names
             .iter()
             .filter_map(|n| {
-                let v = self.macro_values.get(bare(n))?;
+                let v = self.macro_values.get(rules::bare_macro_str(n))?;
                 (!v.is_empty() && !v.contains(&0) && !n.as_bytes().contains(&0))
                     .then(|| (Bytes::copy_from_slice(n.as_bytes()), v.clone()))
             })
