@@ -56,4 +56,10 @@ step "bounded fuzzing: fuzz/run-bounded.sh (FUZZ_SECONDS=${FUZZ_SECONDS:-30} per
 step "main job: tests/stack/run-stack.sh --check (the README's first command, every flow)"
 "$ROOT/tests/stack/run-stack.sh" --check
 
+# The benchmark command's smoke (issue 11): every case of tests/bench/cases/ once with tiny
+# counts (one level, one round), so the command keeps working; a case that errors fails this,
+# a slow one never (nothing asserts on timing). Builds release binaries in the same target dir.
+step "benchmark smoke: SMOKE=1 tests/bench/run.sh"
+SMOKE=1 bash "$ROOT/tests/bench/run.sh"
+
 step "all checks passed"

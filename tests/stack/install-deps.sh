@@ -12,6 +12,8 @@ PACKAGES=(
   rspamd
   swaks libnet-ssleay-perl
   python3 python3-dkim python3-aiosmtpd python3-dnspython
+  # tests/bench/plot.py draws the benchmark plots (SVG) with it.
+  python3-matplotlib
   openssl ca-certificates
   procps iproute2
   # systemd-analyze: tests/tests/deploy_material.rs verifies the milters' units with it
@@ -95,5 +97,5 @@ for b in /usr/sbin/postfix /usr/sbin/sendmail /usr/sbin/postmap /usr/sbin/doveco
          /usr/bin/openssl /usr/bin/python3; do
   [[ -x "$b" ]] || { log "required binary $b missing after install" >&2; exit 1; }
 done
-/usr/bin/python3 -c 'import dkim, dns, aiosmtpd' || { log "python3 modules dkim/dns/aiosmtpd missing" >&2; exit 1; }
+/usr/bin/python3 -c 'import dkim, dns, aiosmtpd, matplotlib' || { log "python3 modules dkim/dns/aiosmtpd/matplotlib missing" >&2; exit 1; }
 log "ok"

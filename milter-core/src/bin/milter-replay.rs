@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! milter-replay --milter inet:127.0.0.1:8891 [--envelope-dir DIR] [--out DIR]
-//!               [--concurrency N --count M] [--hidden-received TEXT] FILE_OR_DIR...
+//!               [--concurrency N --count M] [--connection-per-message]
+//!               [--hidden-received TEXT] FILE_OR_DIR...
 //! ```
 //!
 //! With `--out DIR`, each message the milter lets through is written there, modified as the
@@ -17,70 +18,46 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use clap::Parser;
 use milter_core::Modification;
 use milter_core::client::replay::{Load, collect_inputs, load_transaction};
 use milter_core::client::{ClientConfig, MilterClient, Outcome, Transaction};
 
-const USAGE: &str = "usage: milter-replay --milter SPEC [--envelope-dir DIR] [--out DIR] \
-[--concurrency N --count M] [--hidden-received 'Received: ...'] FILE_OR_DIR...
-  SPEC: inet:HOST:PORT, inet:PORT@HOST, unix:/path
-  envelope sidecar: msg.eml.json or msg.json (client_addr, client_port, client_name, helo,
-  sender, sender_args, recipients, auth_user, auth_type, macros, daemon_name)";
-
+/// Sends stored messages through a milter as Postfix would.
+#[derive(Parser, Debug)]
+#[command(
+    name = "milter-replay",
+    version,
+    after_help = "SPEC: inet:HOST:PORT, inet:PORT@HOST, unix:/path\n\
+envelope sidecar: msg.eml.json or msg.json (client_addr, client_port, client_name, helo,\n\
+sender, sender_args, recipients, auth_user, auth_type, macros, daemon_name)"
+)]
 struct Args {
+    /// The milter to talk to.
+    #[arg(long, value_name = "SPEC")]
     milter: String,
+    /// Where the envelope sidecars are (default: next to each message).
+    #[arg(long, value_name = "DIR")]
     envelope_dir: Option<PathBuf>,
+    /// Writes each message the milter lets through here, modified as delivered.
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Load mode: connections sending at once (default 1).
+    #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
+    /// Load mode: messages in all, cycling through the inputs (default: one each).
+    #[arg(long, value_name = "M")]
     count: Option<usize>,
+    /// A new connection (CONNECT, HELO) for every message, as Postfix without connection
+    /// caching; load mode also reports connect-to-answer latencies.
+    #[arg(long)]
+    connection_per_message: bool,
+    /// A Received header the MTA adds but the milter does not see, e.g. 'Received: ...'.
+    #[arg(long, value_name = "TEXT")]
     hidden_received: Option<String>,
+    /// Messages: files, or directories of .eml files.
+    #[arg(required = true, value_name = "FILE_OR_DIR")]
     inputs: Vec<PathBuf>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
-    let mut a = Args {
-        milter: String::new(),
-        envelope_dir: None,
-        out: None,
-        concurrency: None,
-        count: None,
-        hidden_received: None,
-        inputs: Vec::new(),
-    };
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "-h" | "--help" => return Err(String::new()),
-            "--milter" => a.milter = value("--milter")?,
-            "--envelope-dir" => a.envelope_dir = Some(value("--envelope-dir")?.into()),
-            "--out" => a.out = Some(value("--out")?.into()),
-            "--concurrency" => {
-                a.concurrency = Some(
-                    value("--concurrency")?
-                        .parse()
-                        .map_err(|_| "--concurrency needs a number")?,
-                )
-            }
-            "--count" => {
-                a.count = Some(
-                    value("--count")?
-                        .parse()
-                        .map_err(|_| "--count needs a number")?,
-                )
-            }
-            "--hidden-received" => a.hidden_received = Some(value("--hidden-received")?),
-            s if s.starts_with("--") => return Err(format!("unknown option {s}")),
-            _ => a.inputs.push(arg.into()),
-        }
-    }
-    if a.milter.is_empty() {
-        return Err("--milter is required".into());
-    }
-    if a.inputs.is_empty() {
-        return Err("no input files".into());
-    }
-    Ok(a)
 }
 
 fn show(v: &[u8]) -> String {
@@ -177,7 +154,7 @@ async fn replay(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitC
                         failed = true;
                     }
                 }
-                if c.session().connection_done()
+                if (args.connection_per_message || c.session().connection_done())
                     && let Some(c) = client.take()
                 {
                     let _ = c.quit().await;
@@ -219,7 +196,8 @@ async fn load(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitCod
     let load = Load::new(args.milter.as_str(), Arc::new(inputs))
         .client_config(config)
         .concurrency(concurrency)
-        .messages(count);
+        .messages(count)
+        .connection_per_message(args.connection_per_message);
     match load.run().await {
         Ok(r) => {
             println!("concurrency {concurrency}: {}", r.summary());
@@ -240,16 +218,8 @@ async fn load(args: &Args, config: ClientConfig, files: Vec<PathBuf>) -> ExitCod
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("milter-replay: {e}");
-            }
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // clap exits with status 2 on bad arguments, as before.
+    let args = Args::parse();
     let files = match collect_inputs(&args.inputs) {
         Ok(f) if !f.is_empty() => f,
         Ok(_) => {

@@ -182,6 +182,8 @@ pub struct MilterClient {
     session: MtaSession,
     config: ClientConfig,
     conn: Conn,
+    /// When the last transaction's MAIL went out (see [`MilterClient::mail_sent_at`]).
+    mail_sent_at: Option<std::time::Instant>,
     messages: u64,
 }
 
@@ -249,6 +251,7 @@ impl MilterClient {
             session: MtaSession::new(config.session.clone()),
             config,
             conn: Conn::New,
+            mail_sent_at: None,
             messages: 0,
         };
         c.session.negotiate()?;
@@ -274,6 +277,13 @@ impl MilterClient {
     /// Messages sent on this connection.
     pub fn messages(&self) -> u64 {
         self.messages
+    }
+
+    /// When the last message's MAIL was sent: after CONNECT and HELO on a new connection, so a
+    /// load generator can time MAIL..final answer apart from the connection's setup. `None`
+    /// before the first MAIL, and for a message refused at CONNECT or HELO.
+    pub fn mail_sent_at(&self) -> Option<std::time::Instant> {
+        self.mail_sent_at
     }
 
     /// Sends `tx` through the milter.
@@ -314,6 +324,7 @@ impl MilterClient {
     }
 
     async fn run(&mut self, env: &Envelope, out: &mut Outcome) -> Result<(), Error> {
+        self.mail_sent_at = None;
         if self.conn == Conn::New {
             self.open(env, out).await?;
         }
@@ -347,6 +358,7 @@ impl MilterClient {
                 .map(|a| Bytes::from(a.clone()))
                 .collect(),
         };
+        self.mail_sent_at = Some(std::time::Instant::now());
         let sent = self.session.mail(&args)?;
         if let Some(v) = self.answer(sent, out).await?
             && !self.continues(&v)

@@ -80,9 +80,14 @@ pub struct LoadReport {
     pub modified: usize,
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Per-message latencies (MAIL to final answer; the first message of a connection
-    /// includes CONNECT and HELO), sorted.
+    /// Per-message latencies, MAIL to final answer (connection setup excluded), sorted.
     pub latencies: Vec<Duration>,
+    /// Connections opened (negotiated) during the run.
+    pub connections: usize,
+    /// With [`LoadOptions::connection_per_message`]: per-message latencies from the TCP or
+    /// unix connect to the final answer (negotiation, CONNECT, HELO included), sorted;
+    /// empty otherwise.
+    pub connect_latencies: Vec<Duration>,
 }
 
 impl LoadReport {
@@ -98,16 +103,30 @@ impl LoadReport {
 
     /// The `p`-th percentile latency (0..=100), nearest rank.
     pub fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * self.latencies.len() as f64).ceil() as usize;
-        let i = rank.clamp(1, self.latencies.len()) - 1;
-        self.latencies.get(i).copied().unwrap_or_default()
+        nearest_rank(&self.latencies, p)
     }
 
-    /// One line of figures.
+    /// The `p`-th percentile of [`LoadReport::connect_latencies`], nearest rank.
+    pub fn connect_percentile(&self, p: f64) -> Duration {
+        nearest_rank(&self.connect_latencies, p)
+    }
+
+    /// One line of figures; with a connection per message it ends with the
+    /// connect-to-answer percentiles.
     pub fn summary(&self) -> String {
+        let mut line = self.session_summary();
+        if !self.connect_latencies.is_empty() {
+            line.push_str(&format!(
+                ", {} connections, connect to answer p50 {:.2} ms, p99 {:.2} ms",
+                self.connections,
+                self.connect_percentile(50.0).as_secs_f64() * 1e3,
+                self.connect_percentile(99.0).as_secs_f64() * 1e3,
+            ));
+        }
+        line
+    }
+
+    fn session_summary(&self) -> String {
         format!(
             "{} messages in {:.2} s over connections: {:.1} msg/s, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, {} errors, {} accepted, {} modified",
             self.completed,
@@ -121,6 +140,23 @@ impl LoadReport {
             self.modified
         )
     }
+}
+
+fn nearest_rank(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    let i = rank.clamp(1, sorted.len()) - 1;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+// How a load run sends its messages (the builder's settings, unpacked).
+#[derive(Debug, Clone, Copy)]
+struct LoadOptions {
+    concurrency: usize,
+    count: usize,
+    connection_per_message: bool,
 }
 
 /// A load run: stored messages sent through a milter over several connections at once.
@@ -145,6 +181,7 @@ pub struct Load {
     inputs: Arc<Vec<Transaction>>,
     concurrency: usize,
     messages: Option<usize>,
+    connection_per_message: bool,
 }
 
 impl Load {
@@ -158,6 +195,7 @@ impl Load {
             inputs,
             concurrency: 1,
             messages: None,
+            connection_per_message: false,
         }
     }
 
@@ -180,28 +218,36 @@ impl Load {
         self
     }
 
-    /// Runs it. Each connection carries many messages (ABORT between them); a connection
-    /// that fails is replaced by a new one. An error only when there is nothing to send;
-    /// failed messages are counted in the report.
+    /// A new connection (negotiation, CONNECT, HELO) for every message and QUIT after it,
+    /// as Postfix does without connection caching (default: off, each connection carries
+    /// many messages with ABORT between them, as one long SMTP session does).
+    pub fn connection_per_message(mut self, on: bool) -> Load {
+        self.connection_per_message = on;
+        self
+    }
+
+    /// Runs it. A connection that fails is replaced by a new one. An error only when there
+    /// is nothing to send; failed messages are counted in the report.
     pub async fn run(&self) -> Result<LoadReport, Error> {
-        run_load(
-            &self.endpoint,
-            &self.config,
-            self.inputs.clone(),
-            self.concurrency,
-            self.messages.unwrap_or(self.inputs.len()),
-        )
-        .await
+        let options = LoadOptions {
+            concurrency: self.concurrency,
+            count: self.messages.unwrap_or(self.inputs.len()),
+            connection_per_message: self.connection_per_message,
+        };
+        run_load(&self.endpoint, &self.config, self.inputs.clone(), options).await
     }
 }
-
 async fn run_load(
     endpoint: &str,
     config: &ClientConfig,
     inputs: Arc<Vec<Transaction>>,
-    concurrency: usize,
-    count: usize,
+    options: LoadOptions,
 ) -> Result<LoadReport, Error> {
+    let LoadOptions {
+        concurrency,
+        count,
+        connection_per_message,
+    } = options;
     if inputs.is_empty() {
         return Err(Error::Usage(crate::error::UsageError::InvalidField {
             field: "inputs",
@@ -232,7 +278,10 @@ async fn run_load(
                 let t0 = Instant::now();
                 if client.is_none() {
                     match MilterClient::connect(&endpoint, config.clone()).await {
-                        Ok(c) => client = Some(c),
+                        Ok(c) => {
+                            r.connections += 1;
+                            client = Some(c);
+                        }
                         Err(e) => {
                             r.error(e);
                             continue;
@@ -242,11 +291,15 @@ async fn run_load(
                 let Some(c) = client.as_mut() else { continue };
                 match c.send_transaction(tx).await {
                     Ok(o) => {
-                        r.latencies.push(t0.elapsed());
+                        let mail = c.mail_sent_at().unwrap_or(t0);
+                        r.latencies.push(mail.elapsed());
+                        if connection_per_message {
+                            r.connect_latencies.push(t0.elapsed());
+                        }
                         r.completed += 1;
                         r.accepted += usize::from(o.accepted());
                         r.modified += usize::from(!o.modifications.is_empty());
-                        if c.session().connection_done()
+                        if (connection_per_message || c.session().connection_done())
                             && let Some(c) = client.take()
                         {
                             let _ = c.quit().await;
@@ -274,6 +327,8 @@ async fn run_load(
         modified: 0,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        connections: 0,
+        connect_latencies: Vec::new(),
     };
     for t in tasks {
         let r = t.await.map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -282,6 +337,8 @@ async fn run_load(
         report.accepted += r.accepted;
         report.modified += r.modified;
         report.latencies.extend(r.latencies);
+        report.connections += r.connections;
+        report.connect_latencies.extend(r.connect_latencies);
         for s in r.samples {
             if report.error_samples.len() < 10 {
                 report.error_samples.push(s);
@@ -290,6 +347,7 @@ async fn run_load(
     }
     report.elapsed = start.elapsed();
     report.latencies.sort();
+    report.connect_latencies.sort();
     Ok(report)
 }
 
@@ -300,6 +358,8 @@ struct Partial {
     accepted: usize,
     modified: usize,
     latencies: Vec<Duration>,
+    connections: usize,
+    connect_latencies: Vec<Duration>,
     samples: Vec<String>,
 }
 
