@@ -110,12 +110,15 @@ fn median_us(rounds: usize, mut f: impl FnMut()) -> f64 {
     per[per.len() / 2]
 }
 
+/// One header field: name, value.
+type Field = (Vec<u8>, Vec<u8>);
+
 /// Header fields as milter HEADER events carry them (value with its leading space, folds
 /// as bare LF) and the body with CRLF line ends, as BODY frames carry it.
-fn split(raw: &[u8]) -> (Vec<(Vec<u8>, Vec<u8>)>, Vec<u8>) {
+fn split(raw: &[u8]) -> (Vec<Field>, Vec<u8>) {
     let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
     let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
-    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut fields: Vec<Field> = Vec::new();
     for line in head.split('\n') {
         if line.starts_with([' ', '\t']) {
             if let Some((_, v)) = fields.last_mut() {
