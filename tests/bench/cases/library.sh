@@ -8,7 +8,9 @@
 #
 # Writes $BENCH_OUT/library.md and $BENCH_OUT/library.csv (tests/bench/BENCHMARKS.md).
 # Standalone: `bash tests/bench/cases/library.sh` (builds what is missing unless SKIP_BUILD=1).
-# Env: BENCH_OUT BIN REPO HERE SMOKE LEVELS RUNS RUN_SECONDS, LIB_MODES, MAX_COUNT.
+# Env: BENCH_OUT BIN REPO HERE SMOKE LEVELS RUNS RUN_SECONDS, LIB_MODES, MAX_COUNT, and
+# LIB_BASELINE=/path/to/noop-milter-core of another build (e.g. before a change): run in the
+# same rotation as "milter-core-base", for an in-run before/after ratio.
 # Everything on 127.0.0.1; each load run bounded by --count and `timeout`; every daemon
 # started here is stopped by pid on exit. Nothing asserts on timing.
 set -euo pipefail
@@ -91,6 +93,7 @@ EOF
 
 # Three libraries x the modes: one daemon each, all up for the whole run.
 LIBS=(milter-core indymilter libmilter)
+[ -n "${LIB_BASELINE:-}" ] && LIBS+=(milter-core-base)
 declare -A PORT PID
 for mode in $LIB_MODES; do
     flags=(--mode replied)
@@ -104,6 +107,7 @@ for mode in $LIB_MODES; do
         k="$lib-$mode"; PORT[$k]=$(free_port)
         case $lib in
             milter-core) exe="$BIN/noop-milter-core" ;;
+            milter-core-base) exe=$LIB_BASELINE ;;
             indymilter) exe="$BIN/noop-indymilter" ;;
             libmilter) exe="$W/noop-libmilter" ;;
         esac
@@ -125,15 +129,20 @@ printf 'lib\tmode\tC\trun\tcount\tline\tcpu_ticks\tVmRSS_kB\tThreads\n' > "$RAW"
 declare -A COUNT
 for mode in $LIB_MODES; do
     for c in $LEVELS; do
+        # Calibration (also warm-up): one count for the three, the median calibrated rate x
+        # RUN_SECONDS, so every run of a round does the same work (a noisy calibration of
+        # one library then does not shorten only its runs).
+        rates=()
         for lib in "${LIBS[@]}"; do
             k="$lib-$mode"
-            if [ "$SMOKE" = 1 ]; then COUNT[$k]=$(( c * 5 > 50 ? c * 5 : 50 )); continue; fi
-            # Calibration (also warm-up): count = rate x RUN_SECONDS.
+            if [ "$SMOKE" = 1 ]; then rates+=(0); continue; fi
             line=$(load "$k" "$c" $(( c * 20 > 300 ? c * 20 : 300 )))
-            rate=$(sed -n 's/.* \([0-9.]*\) msg\/s.*/\1/p' <<< "$line")
-            COUNT[$k]=$("$PY" -c "print(min(max(int($rate*$RUN_SECONDS), 10*$c, 100), $MAX_COUNT))")
-            echo "library: calibrate $k C=$c: $line -> count ${COUNT[$k]}" >&2
+            rates+=("$(sed -n 's/.* \([0-9.]*\) msg\/s.*/\1/p' <<< "$line")")
+            echo "library: calibrate $k C=$c: $line" >&2
         done
+        n=$("$PY" -c "import statistics; r = statistics.median([$(IFS=,; echo "${rates[*]}")])
+print(max(5 * $c, 50) if $SMOKE == 1 else min(max(int(r * $RUN_SECONDS), 10 * $c, 100), $MAX_COUNT))")
+        for lib in "${LIBS[@]}"; do COUNT[$lib-$mode]=$n; done
         for r in $(seq "$RUNS"); do
             for lib in "${LIBS[@]}"; do
                 k="$lib-$mode"
@@ -170,7 +179,7 @@ for row in csv.DictReader(open(raw), delimiter="\t"):
         (float(rate), float(p50), float(p99), cpu_us, int(row["VmRSS_kB"]), int(row["Threads"]), n))
 med = {k: [statistics.median(x[i] for x in v) for i in range(4)] + [v[-1][4], max(x[5] for x in v), v[0][6], len(v)]
        for k, v in runs.items()}
-libs = ["milter-core", "indymilter", "libmilter"]
+libs = [l for l in ("milter-core", "indymilter", "libmilter", "milter-core-base") if any(k[2] == l for k in med)]
 modes = [m for m in ("replied", "nr", "hdr") if any(k[0] == m for k in med)]
 levels = sorted({k[1] for k in med})
 label = {"replied": "every step replied", "nr": "every NR_* flag", "hdr": "every step replied, one header added"}
@@ -188,8 +197,8 @@ md.append("Method: three no-op milters (tests/bench/milters/: `noop-milter-core`
           "milter-replay's load mode, long sessions (one milter connection per worker, ABORT between "
           "messages), one 4 KB message (7 header fields, one body chunk), TCP on 127.0.0.1. "
           f"Per mode and concurrency: a calibration run each, then {runs_n} round(s) alternating "
-          f"milter-core, indymilter, libmilter (A B C A B C), each run ≈ {secs} s (count = calibrated "
-          "rate × seconds). Figures are medians of the runs; CPU = the daemon's utime+stime per message "
+          f"milter-core, indymilter, libmilter (A B C A B C), each run the same count of messages (the "
+          f"median calibrated rate × {secs} s). Figures are medians of the runs; CPU = the daemon's utime+stime per message "
           "(/proc), RSS = VmRSS after the last run. The load generator shares the machine's cores with "
           "the daemon (and, here, with other work): only the in-run ratios are meant to be compared.")
 if smoke == "1":
@@ -204,15 +213,20 @@ for mode in modes:
             rate, p50, p99, cpu, rss, thr, n, k = med[(mode, c, lib)]
             md.append(f"| {lib} | {c} | {rate:.0f} | {p50:.3f} | {p99:.3f} | {cpu:.0f} | {rss / 1024:.1f} | {thr} | {n} × {k} |")
 md += ["", "In-run ratios (throughput; p50 as milter-core / other, lower is better):", "",
-       "| mode | C | milter-core / indymilter msg/s | milter-core / libmilter msg/s | p50 vs indymilter | p50 vs libmilter | CPU/msg vs indymilter |",
-       "|---|---|---|---|---|---|---|"]
+       "| mode | C | milter-core / indymilter msg/s | milter-core / libmilter msg/s | p50 vs indymilter | p50 vs libmilter | CPU/msg vs indymilter | CPU/msg vs libmilter |"
+       + (" milter-core / milter-core-base msg/s | CPU/msg vs base |" if "milter-core-base" in libs else ""),
+       "|---|---|---|---|---|---|---|---|" + ("---|---|" if "milter-core-base" in libs else "")]
 verdicts = []
 for mode in modes:
     for c in levels:
         a, b, l = med[(mode, c, "milter-core")], med[(mode, c, "indymilter")], med[(mode, c, "libmilter")]
         ri, rl = a[0] / b[0], a[0] / l[0]
         q = lambda x, y: f"{x / y:.2f}" if y else "–"  # CPU ticks can be 0 in a short run
-        md.append(f"| {mode} | {c} | **{ri:.2f}** | {rl:.2f} | {q(a[1], b[1])} | {q(a[1], l[1])} | {q(a[3], b[3])} |")
+        row = f"| {mode} | {c} | **{ri:.2f}** | {rl:.2f} | {q(a[1], b[1])} | {q(a[1], l[1])} | {q(a[3], b[3])} | {q(a[3], l[3])} |"
+        if "milter-core-base" in libs:
+            z = med[(mode, c, "milter-core-base")]
+            row += f" {q(a[0], z[0])} | {q(a[3], z[3])} |"
+        md.append(row)
         if mode == "replied" and c in (1, 64):
             verdicts.append(f"C={c}: {ri:.2f}x ({'met' if ri >= 1.2 else 'missed'})")
 md += ["", "Target (issue #10): milter-core no-op ≥ 1.2x indymilter's throughput with every step replied "
