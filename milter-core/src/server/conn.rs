@@ -379,7 +379,11 @@ impl<M: Milter> Conn<'_, M> {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(far_future()));
         loop {
             while let Some(event) = self.session.poll_event()? {
-                let flow = self.dispatch(event, rd, wr, factory).await?;
+                // Boxed: the states of a command being handled (the handler's callback
+                // future, end of message) would otherwise size every connection's task,
+                // idle ones included (1,896 -> ~1,400 bytes; one small allocation per
+                // command, from the thread's cache). PROFILE-library.md.
+                let flow = Box::pin(self.dispatch(event, rd, wr, factory)).await?;
                 if !self.spare.is_empty() {
                     // Read ahead while the callback ran: the session's, in order.
                     self.session.read_buf().extend_from_slice(&self.spare);
