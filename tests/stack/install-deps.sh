@@ -19,6 +19,8 @@ PACKAGES=(
   # systemd-analyze: tests/tests/deploy_material.rs verifies the milters' units with it
   # (nothing is started: it only installs the tools in a container without an init).
   systemd
+  # tests/bench/cases/library.sh builds its libmilter no-op against it (gcc -lmilter).
+  libmilter-dev
 )
 
 log() { printf '[install-deps] %s\n' "$*"; }

@@ -18,9 +18,21 @@ use crate::proto::flags::Actions;
 use crate::proto::{Reply, Verdict};
 use crate::session::milter::{Event, MilterSession, SessionConfig};
 
-/// Smallest free space offered to each socket read, so large bodies are not read in
-/// dribbles; frames themselves are bounded by [`Limits::max_frame`].
+/// Smallest free space offered to each socket read inside a message, so large bodies are
+/// not read in dribbles; frames themselves are bounded by [`Limits::max_frame`].
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The read buffer while the connection waits between messages or negotiates: the next
+/// frames are small commands (OPTNEG, CONNECT, HELO, MAIL and their macros), and the wait
+/// can last hours. Frames decoded from the buffer are slices of it (HELO, the CONNECT
+/// host name and macros stay for the connection's life), so a [`READ_CHUNK`] buffer here
+/// would be pinned, and a fresh one reserved, for every idle connection; this one costs
+/// well under 1 KiB. A larger frame still arrives whole: the buffer grows as it comes.
+const IDLE_READ: usize = 512;
+
+/// Largest write buffer kept between messages (replies are a few bytes; a body
+/// replacement can queue [`Limits::max_send`]-sized frames, whose space is released).
+const WRITE_KEEP: usize = 4 * 1024;
 
 /// Settings of one connection.
 #[derive(Debug, Clone)]
@@ -102,6 +114,7 @@ where
         stop: &config.shutdown,
         spare: BytesMut::new(),
         peer_eof: false,
+        small_read: false,
         metrics,
         write_timeouts: config.timeouts,
     };
@@ -197,6 +210,28 @@ struct Watch<'a, R> {
 async fn supervise<Fut, R, W>(
     fut: Fut,
     watch: Watch<'_, R>,
+    progress: Option<(&mut W, Duration)>,
+) -> Result<Ran<Fut::Output>, Error>
+where
+    Fut: Future,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut fut = std::pin::pin!(fut);
+    // Most callbacks finish at once: no timer, no watch for those.
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let Poll::Ready(v) = first {
+        return Ok(Ran::Done(v));
+    }
+    // The rest is boxed: its timers and select would otherwise widen every connection's
+    // task, idle ones included, by their size (PROFILE-library.md).
+    Box::pin(supervise_pending(fut, watch, progress)).await
+}
+
+/// [`supervise`] once the callback did not finish at its first poll.
+async fn supervise_pending<Fut, R, W>(
+    mut fut: std::pin::Pin<&mut Fut>,
+    watch: Watch<'_, R>,
     mut progress: Option<(&mut W, Duration)>,
 ) -> Result<Ran<Fut::Output>, Error>
 where
@@ -212,12 +247,6 @@ where
         budget,
         stop,
     } = watch;
-    let mut fut = std::pin::pin!(fut);
-    // Most callbacks finish at once: no timer, no watch for those.
-    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    if let Poll::Ready(v) = first {
-        return Ok(Ran::Done(v));
-    }
     let deadline = Instant::now().checked_add(budget);
     let over = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
     let mut over = std::pin::pin!(over);
@@ -274,6 +303,8 @@ struct Conn<'s, M> {
     spare: BytesMut,
     /// The MTA's side reached EOF (seen while a callback ran).
     peer_eof: bool,
+    /// The session's read buffer is a fresh [`IDLE_READ`] one (see [`make_room`]).
+    small_read: bool,
     metrics: Option<&'s ServerMetrics>,
     /// Bounds each write of replies (the per-phase waits).
     write_timeouts: Timeouts,
@@ -340,9 +371,22 @@ impl<M: Milter> Conn<'_, M> {
     {
         let negotiation_end = Instant::now().checked_add(config.timeouts.negotiation);
         let stop = &config.shutdown;
+        // One waiter for the connection's life, not one per read: registering and
+        // unregistering it locks the token shared by every connection (seen in the C=64
+        // profile, tests/bench/PROFILE-library.md).
+        let mut stopped = std::pin::pin!(stop.wait());
+        // One timer for all the connection's waits for the MTA, armed once and moved only
+        // when a wait must end sooner than it fires; when it fires early (the MTA was heard
+        // from since) it is re-armed for the current wait. Arming a timer per read showed
+        // as ~4.5 % of the daemon's CPU at concurrency 1 (PROFILE-library.md).
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(far_future()));
         loop {
             while let Some(event) = self.session.poll_event()? {
-                let flow = self.dispatch(event, rd, wr, factory).await?;
+                // Boxed: the states of a command being handled (the handler's callback
+                // future, end of message) would otherwise size every connection's task,
+                // idle ones included (1,896 -> ~1,400 bytes; one small allocation per
+                // command, from the thread's cache). PROFILE-library.md.
+                let flow = Box::pin(self.dispatch(event, rd, wr, factory)).await?;
                 if !self.spare.is_empty() {
                     // Read ahead while the callback ran: the session's, in order.
                     self.session.read_buf().extend_from_slice(&self.spare);
@@ -375,16 +419,24 @@ impl<M: Milter> Conn<'_, M> {
                 // time would otherwise hold its slot for ever.
                 limit = limit.min(end.saturating_duration_since(Instant::now()));
             }
+            make_room(self.session.read_buf(), phase, &mut self.small_read);
             let buf = self.session.read_buf();
-            if buf.capacity() - buf.len() < READ_CHUNK {
-                buf.reserve(READ_CHUNK);
+            let deadline = Instant::now().checked_add(limit).unwrap_or_else(far_future);
+            if timer.deadline() > deadline {
+                timer.as_mut().reset(deadline);
             }
-            let n = tokio::select! {
-                r = tokio::time::timeout(limit, rd.read_buf(buf)) => match r {
-                    Err(_) => return Err(Error::Timeout(phase)),
-                    Ok(r) => r?,
-                },
-                _ = stop.wait() => return Ok(Closed::Stopped),
+            let n = loop {
+                tokio::select! {
+                    // Cancel-safe: a read not completed here read nothing.
+                    r = rd.read_buf(&mut *buf) => break r?,
+                    _ = &mut timer => {
+                        if Instant::now() >= deadline {
+                            return Err(Error::Timeout(phase));
+                        }
+                        timer.as_mut().reset(deadline);
+                    }
+                    _ = &mut stopped => return Ok(Closed::Stopped),
+                }
             };
             if n == 0 {
                 self.session.eof()?;
@@ -625,6 +677,33 @@ impl<M: Milter> Conn<'_, M> {
     }
 }
 
+/// A deadline beyond any wait (about 30 years, as tokio's own far future).
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(86_400 * 365 * 30))
+        .unwrap_or(now)
+}
+
+/// Makes room in the session's read buffer for the next read in `phase`.
+///
+/// Inside a message: at least [`READ_CHUNK`] free. Between messages and while
+/// negotiating, with nothing left over: a fresh [`IDLE_READ`] buffer, unless it already is
+/// one, instead of keeping (or reserving) a large one for a wait that may last hours. The
+/// old buffer's space is freed once the frames sliced from it are dropped.
+fn make_room(buf: &mut BytesMut, phase: Phase, small: &mut bool) {
+    let waiting = matches!(phase, Phase::Negotiation | Phase::Idle);
+    if waiting && buf.is_empty() && (!*small || buf.capacity() < IDLE_READ / 4) {
+        *buf = BytesMut::with_capacity(IDLE_READ);
+        *small = true;
+    } else if !waiting && buf.capacity() - buf.len() < READ_CHUNK {
+        buf.reserve(READ_CHUNK);
+        *small = false;
+    } else if waiting && buf.capacity() - buf.len() < IDLE_READ / 4 {
+        // A frame larger than the small buffer is arriving: let it grow (doubling).
+        buf.reserve(buf.len().max(IDLE_READ));
+    }
+}
+
 /// Writes everything queued in ONE write (the MTA reads a batch of modifications and the
 /// verdict together), then clears it.
 async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> std::io::Result<()> {
@@ -633,6 +712,45 @@ async fn write_batch<W: AsyncWrite + Unpin>(wr: &mut W, out: &mut BytesMut) -> s
     }
     wr.write_all(out).await?;
     wr.flush().await?;
-    out.clear();
+    if out.capacity() > WRITE_KEEP {
+        *out = BytesMut::new();
+    } else {
+        out.clear();
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_wait_holds_a_small_read_buffer_and_a_message_a_large_one() {
+        // Between messages, a large buffer left from the last message is let go.
+        let mut buf = BytesMut::with_capacity(4 * READ_CHUNK);
+        let mut small = false;
+        make_room(&mut buf, Phase::Idle, &mut small);
+        assert!(small);
+        assert!(buf.capacity() >= IDLE_READ && buf.capacity() < READ_CHUNK);
+        // ...and kept while it is the small one.
+        let ptr = buf.as_ptr();
+        make_room(&mut buf, Phase::Negotiation, &mut small);
+        assert_eq!(buf.as_ptr(), ptr);
+        // Inside a message: room for a full chunk.
+        make_room(&mut buf, Phase::Content, &mut small);
+        assert!(!small);
+        assert!(buf.capacity() - buf.len() >= READ_CHUNK);
+    }
+
+    #[test]
+    fn a_large_frame_arriving_while_idle_grows_the_buffer_and_keeps_its_bytes() {
+        let mut buf = BytesMut::new();
+        let mut small = false;
+        make_room(&mut buf, Phase::Idle, &mut small);
+        let partial = vec![b'x'; buf.capacity() - 10];
+        buf.extend_from_slice(&partial);
+        make_room(&mut buf, Phase::Idle, &mut small);
+        assert_eq!(&buf[..], &partial[..]);
+        assert!(buf.capacity() - buf.len() >= IDLE_READ / 4);
+    }
 }
