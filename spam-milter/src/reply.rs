@@ -460,6 +460,47 @@ trait Pick<'de>: Sized {
     }
 }
 
+/// An object key, borrowed from the reply when it has no escapes (nearly always), so the
+/// keys that are only compared (most of them: every symbol's `score`, `description`,
+/// `options`...) cost no allocation; `into_owned` where one is kept.
+#[derive(Debug)]
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl std::ops::Deref for Key<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Key<'_> {
+    fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 /// Runs a [`Pick`] over one JSON value.
 struct Seed<P>(P);
 
@@ -659,8 +700,8 @@ impl<'de> Pick<'de> for TopPick<'_> {
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<RawReply>, A::Error> {
         let limits = self.limits;
         let mut r = RawReply::default();
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
+        while let Some(key) = map.next_key::<Key>()? {
+            match &*key {
                 "is_skipped" => set(&mut map, &mut r.is_skipped, BoolPick)?,
                 "score" => set(&mut map, &mut r.score, F64Pick)?,
                 "required_score" => set(&mut map, &mut r.required_score, F64Pick)?,
@@ -715,12 +756,12 @@ impl<'de> Pick<'de> for MessagesPick {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let (mut all, mut smtp) = (Vec::new(), None);
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(key) = map.next_key::<Key>()? {
             if let Some(text) = map.next_value_seed(Seed(StrPick))? {
-                if key == "smtp_message" {
+                if &*key == "smtp_message" {
                     smtp = Some(text.clone());
                 }
-                all.push((key, text));
+                all.push((key.into_owned(), text));
             }
         }
         Ok(Some((all, smtp)))
@@ -746,12 +787,15 @@ impl<'de> Pick<'de> for SymbolsPick<'_> {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let (mut symbols, mut truncated) = (Vec::new(), 0u32);
-        while let Some(name) = map.next_key::<String>()? {
+        while let Some(name) = map.next_key::<Key>()? {
             if symbols.len() >= self.limits.max_symbols {
                 map.next_value::<IgnoredAny>()?;
                 truncated = truncated.saturating_add(1);
             } else if let Some(score) = map.next_value_seed(Seed(SymbolScorePick))? {
-                symbols.push(Symbol { name, score });
+                symbols.push(Symbol {
+                    name: name.into_owned(),
+                    score,
+                });
             }
         }
         Ok(Some((symbols, truncated)))
@@ -765,8 +809,8 @@ impl<'de> Pick<'de> for SymbolScorePick {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<f64>, A::Error> {
         let mut score = None;
-        while let Some(key) = map.next_key::<String>()? {
-            if key == "score" {
+        while let Some(key) = map.next_key::<Key>()? {
+            if &*key == "score" {
                 set(&mut map, &mut score, F64Pick)?;
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -783,9 +827,9 @@ impl<'de> Pick<'de> for ThresholdsPick {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let mut out = Vec::new();
-        while let Some(name) = map.next_key::<String>()? {
+        while let Some(name) = map.next_key::<Key>()? {
             if let Some(v) = map.next_value_seed(Seed(F64Pick))? {
-                out.push((name, v));
+                out.push((name.into_owned(), v));
             }
         }
         Ok(Some(out))
@@ -807,8 +851,8 @@ impl<'de> Pick<'de> for MilterPick<'_> {
         let mut block = MilterBlock::default();
         // Per-key truncation counts, so a repeated key does not count twice.
         let (mut t_add, mut t_remove, mut t_spam) = (0u32, 0u32, 0u32);
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
+        while let Some(key) = map.next_key::<Key>()? {
+            match &*key {
                 "add_headers" => {
                     if let Some((v, t)) = map.next_value_seed(Seed(AddHeadersPick { limits }))? {
                         block.add_headers = v;
@@ -877,7 +921,7 @@ impl<'de> Pick<'de> for AddHeadersPick<'_> {
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let limits = self.limits;
         let (mut out, mut truncated) = (Vec::new(), 0u32);
-        while let Some(name) = map.next_key::<String>()? {
+        while let Some(name) = map.next_key::<Key>()? {
             if !valid_header_name(&name) {
                 tracing::debug!("Rspamd reply: skipping add_headers entry {name:?}");
                 map.next_value::<IgnoredAny>()?;
@@ -896,7 +940,7 @@ impl<'de> Pick<'de> for AddHeadersPick<'_> {
                     continue;
                 }
                 out.push(AddHeader {
-                    name: name.clone(),
+                    name: name.to_string(),
                     value,
                     order,
                 });
@@ -947,8 +991,8 @@ impl<'de> Pick<'de> for HeaderObjectPick {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let (mut value, mut order, mut index) = (None, None, None);
-        while let Some(key) = map.next_key::<String>()? {
-            match key.as_str() {
+        while let Some(key) = map.next_key::<Key>()? {
+            match &*key {
                 "value" => set(&mut map, &mut value, StrPick)?,
                 "order" => set(&mut map, &mut order, I32Pick)?,
                 "index" => set(&mut map, &mut index, I32Pick)?,
@@ -970,7 +1014,7 @@ impl<'de> Pick<'de> for RemoveHeadersPick<'_> {
 
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let (mut out, mut truncated) = (Vec::new(), 0u32);
-        while let Some(name) = map.next_key::<String>()? {
+        while let Some(name) = map.next_key::<Key>()? {
             if !valid_header_name(&name) {
                 tracing::debug!("Rspamd reply: skipping remove_headers entry {name:?}");
                 map.next_value::<IgnoredAny>()?;
@@ -985,7 +1029,7 @@ impl<'de> Pick<'de> for RemoveHeadersPick<'_> {
                     continue;
                 }
                 out.push(RemoveHeader {
-                    name: name.clone(),
+                    name: name.to_string(),
                     index,
                 });
             }
@@ -1028,7 +1072,7 @@ impl<'de> Pick<'de> for SpamHeaderPick<'_> {
     fn map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Self::Out>, A::Error> {
         let SpamHeaderPick { max_len, truncated } = self;
         let mut pairs = Vec::new();
-        while let Some(name) = map.next_key::<String>()? {
+        while let Some(name) = map.next_key::<Key>()? {
             if pairs.len() >= MAX_SPAM_HEADERS || !valid_header_name(&name) {
                 if pairs.len() >= MAX_SPAM_HEADERS {
                     *truncated += 1;
@@ -1039,7 +1083,7 @@ impl<'de> Pick<'de> for SpamHeaderPick<'_> {
             if let Some(raw) = map.next_value_seed(Seed(StrPick))?
                 && let Some(v) = header_value(&raw, max_len, truncated)
             {
-                pairs.push((name, v));
+                pairs.push((name.into_owned(), v));
             }
         }
         Ok(Some(

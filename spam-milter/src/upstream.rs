@@ -83,6 +83,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{Counter, Gauge};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use rspamd_client::backend::async_client::ReqwestRequest;
 use rspamd_client::backend::traits::Request as _;
 use rspamd_client::error::RspamdError;
@@ -91,6 +92,8 @@ use rspamd_client::{EnvelopeData, RspamdAsyncClient};
 
 use crate::config::{RspamdConfig, Selection};
 use crate::reply::{self, ReplyError, ReplyLimits, ScanReply};
+
+mod plain;
 
 /// Added to `attempt-timeout` for reqwest's own (backstop) timeout, so that our
 /// `tokio::time::timeout` always fires first.
@@ -568,6 +571,8 @@ struct UpState {
 
 struct Upstream {
     url: Arc<str>,
+    /// The lean path for `http://` upstreams (`None`: https, through `client`).
+    plain: Option<plain::Endpoint>,
     client: RspamdAsyncClient,
     ping: reqwest::Url,
     state: Mutex<UpState>,
@@ -596,6 +601,10 @@ pub struct Pool {
     scan_deadline: Duration,
     max_reply_size: usize,
     limits: ReplyLimits,
+    /// `Password:` for the plain path (rspamd-client sends it on the https path).
+    password: Option<HeaderValue>,
+    /// zstd request bodies (`compression = true`).
+    compression: bool,
     health_interval: Duration,
     probe_timeout: Duration,
     probe_client: reqwest::Client,
@@ -673,7 +682,10 @@ impl Pool {
                 return Err(bad("no host".into()));
             }
             ping.set_path("/ping");
-            if let Some(var) = proxy_warning(&ping, |k| std::env::var(k).ok()) {
+            let plain = plain::Endpoint::of(&ping);
+            // Only the https path (rspamd-client's reqwest) looks at proxy variables.
+            if plain.is_some() {
+            } else if let Some(var) = proxy_warning(&ping, |k| std::env::var(k).ok()) {
                 tracing::warn!(
                     "{var} is set in the environment and NO_PROXY does not cover {u}: \
                      rspamd-client will send scans for {u} through that proxy (it cannot be \
@@ -693,6 +705,7 @@ impl Pool {
             })?;
             upstreams.push(Upstream {
                 url: Arc::from(u.as_str()),
+                plain,
                 client,
                 ping,
                 state: Mutex::new(UpState {
@@ -715,6 +728,14 @@ impl Pool {
                 max_bytes: cfg.max_reply_size,
                 ..ReplyLimits::default()
             },
+            password: match &cfg.password {
+                None => None,
+                Some(p) => Some(HeaderValue::from_str(p).map_err(|_| PoolError::Client {
+                    upstream: String::new(),
+                    reason: "the password has control characters".into(),
+                })?),
+            },
+            compression: cfg.compression,
             health_interval,
             probe_timeout,
             probe_client,
@@ -859,6 +880,23 @@ impl Pool {
         prepared: &Prepared,
         body: &Bytes,
     ) -> Result<(ScanReply, Option<Bytes>), Fault> {
+        if let Some(ep) = &up.plain {
+            let mut headers = prepared.wire.clone();
+            if let Some(p) = &self.password {
+                headers.insert("password", p.clone());
+            }
+            let body = if self.compression {
+                headers.insert("content-encoding", HeaderValue::from_static("zstd"));
+                headers.insert("compression", HeaderValue::from_static("zstd"));
+                let z = zstd::encode_all(&body[..], 0)
+                    .map_err(|e| Fault::Connect(format!("zstd request body: {e}")))?;
+                plain::Chunks::new([Bytes::from(z)])
+            } else {
+                plain::Chunks::new([body.clone()])
+            };
+            let (headers, raw) = plain::post(ep, headers, body, self.max_reply_size).await?;
+            return self.read_reply(&headers, raw);
+        }
         let request = ReqwestRequest::new(
             up.client.clone(),
             body.clone(),
@@ -874,7 +912,7 @@ impl Pool {
     /// Size check, zstd decoding, `Message-Offset` split and parsing of a 2xx reply.
     fn read_reply(
         &self,
-        headers: &reqwest::header::HeaderMap,
+        headers: &HeaderMap,
         raw: Bytes,
     ) -> Result<(ScanReply, Option<Bytes>), Fault> {
         let max = self.max_reply_size;
@@ -1125,16 +1163,18 @@ struct Prepared {
     hostname: Option<String>,
     /// Every other header, each name once (case-insensitively), in order.
     extra: Vec<(String, String)>,
+    /// All of the above as the plain path sends them (same names, same order).
+    wire: HeaderMap,
 }
 
 impl Prepared {
     fn new(headers: &[(String, String)]) -> Result<Prepared, String> {
         let mut p = Prepared::default();
         for (name, value) in headers {
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
                 return Err(format!("{name:?} is not an HTTP header name"));
             }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
+            if HeaderValue::from_str(value).is_err() {
                 return Err(format!(
                     "header {name}: value {value:?} has control characters"
                 ));
@@ -1173,7 +1213,33 @@ impl Prepared {
                 },
             }
         }
+        p.wire = p.wire_headers()?;
         Ok(p)
+    }
+
+    /// The headers in rspamd-client's order (`EnvelopeData`'s iteration order).
+    fn wire_headers(&self) -> Result<HeaderMap, String> {
+        let mut m = HeaderMap::with_capacity(8 + self.rcpt.len() + self.extra.len());
+        let typed = [
+            ("from", &self.from),
+            ("ip", &self.ip),
+            ("user", &self.user),
+            ("helo", &self.helo),
+            ("hostname", &self.hostname),
+        ];
+        let typed = typed
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_deref()?)));
+        let rcpt = self.rcpt.iter().map(|r| ("rcpt", r.as_str()));
+        let extra = self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in typed.chain(rcpt).chain(extra) {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| format!("{k:?} is not an HTTP header name"))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| format!("header {k}: value {v:?} has control characters"))?;
+            m.append(name, value);
+        }
+        Ok(m)
     }
 
     fn envelope(&self) -> EnvelopeData {

@@ -10,6 +10,8 @@
 # Knobs (environment): SPAM_LEVELS="1 16 64"  RUNS=3  RUN_SECONDS=3  MAX_COUNT=30000
 #   SKIP_BUILD=1  PROFILE=1 (perf record --call-graph dwarf on spam-milter during one extra C=16 run)
 #   SPAM_MILTER_THREADS=N (TOKIO_WORKER_THREADS for spam-milter only)
+#   SPAM_MILTER_OLD=path (another spam-milter binary, e.g. a copy built from an older commit:
+#   run as series "spam-milter-old" in the same rotation, same config on its own port)
 # Conventions as run.sh: everything on 127.0.0.1 (Rspamd resolves only through a loopback
 # NXDOMAIN stub started here), every load run bounded by --count and `timeout`, every daemon
 # started here stopped on exit (trap, by pid), scratch in a mktemp dir kept and printed.
@@ -180,6 +182,15 @@ env ${SPAM_MILTER_THREADS:+TOKIO_WORKER_THREADS=$SPAM_MILTER_THREADS} \
     "$BIN/spam-milter" --config "$SCRATCH/spam-milter.toml" </dev/null > "$SCRATCH/spam-milter.log" 2>&1 &
 SPAM_PID=$!; PIDS+=("$SPAM_PID")
 wait_port "$SPAM_PORT" "$SPAM_PID" spam-milter
+OLD_PID=""
+if [ -n "${SPAM_MILTER_OLD:-}" ]; then
+    OLD_PORT=$(free_port)
+    sed "s/^socket = .*/socket = \"inet:127.0.0.1:$OLD_PORT\"/" "$SCRATCH/spam-milter.toml" > "$SCRATCH/spam-milter-old.toml"
+    env ${SPAM_MILTER_THREADS:+TOKIO_WORKER_THREADS=$SPAM_MILTER_THREADS} \
+        "$SPAM_MILTER_OLD" --config "$SCRATCH/spam-milter-old.toml" </dev/null > "$SCRATCH/spam-milter-old.log" 2>&1 &
+    OLD_PID=$!; PIDS+=("$OLD_PID")
+    wait_port "$OLD_PORT" "$OLD_PID" spam-milter-old
+fi
 
 # The envelope both milters get from milter-replay (the sidecars: all three are the same),
 # sent to /checkv2 as rspamd_proxy sends it (shared/notes/stack.md): IP, Helo, Hostname,
@@ -210,7 +221,7 @@ for name, p in (("gtube-reject", b"XJS"), ("gtube-add-header", b"YJS"), ("gtube-
     open(f"{out}/{name}.eml", "wb").write(head + b"\n\nTest message.\n\n" + p + tail + b"\n\nBye.\n")
     shutil.copy(src + ".json", f"{out}/{name}.eml.json")
 EOF
-declare -A MPORT=([spam-milter]=$SPAM_PORT [rspamd_proxy]=$PROXY_PORT)
+declare -A MPORT=([spam-milter]=$SPAM_PORT [rspamd_proxy]=$PROXY_PORT [spam-milter-old]=${OLD_PORT:-})
 {
     printf '%-24s | %-16s | %-40s | %-40s\n' message "direct action" "spam-milter" "rspamd_proxy"
     for f in "${MSG_FILES[@]}" "$PAT"/*.eml; do
@@ -250,7 +261,7 @@ PYEOF
 done | tee "$SCRATCH/optneg.txt"
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-NAMES=(spam-milter rspamd_proxy direct)
+NAMES=(spam-milter ${OLD_PID:+spam-milter-old} rspamd_proxy direct)
 load() { # NAME CONCURRENCY COUNT -> summary line (+ " ; client_ticks U S" for milter-replay)
     case $1 in
         direct) floor "$2" "$3" ;;
@@ -260,7 +271,7 @@ load() { # NAME CONCURRENCY COUNT -> summary line (+ " ; client_ticks U S" for m
            awk '{printf "; client cpu %.0f s*1e6\n", ($1 + $2) * 1e6}' "$SCRATCH/time.txt" ;;
     esac | tr '\n' ' '
 }
-bridge_pid() { case $1 in spam-milter) echo "$SPAM_PID" ;; rspamd_proxy) echo "$PROXYW_PID" ;; *) echo "" ;; esac; }
+bridge_pid() { case $1 in spam-milter) echo "$SPAM_PID" ;; spam-milter-old) echo "$OLD_PID" ;; rspamd_proxy) echo "$PROXYW_PID" ;; *) echo "" ;; esac; }
 
 RAW="$SCRATCH/raw.tsv"
 printf 'name\tC\trun\tcount\tline\tbridge_ticks\tnormal_ticks\n' > "$RAW"
@@ -285,7 +296,7 @@ for c in $LEVELS; do
         done
     done
 done
-for p in "$SPAM_PID" "$PROXYW_PID" "$NORMAL_PID"; do
+for p in "$SPAM_PID" $OLD_PID "$PROXYW_PID" "$NORMAL_PID"; do
     printf '%s %s VmRSS %s kB VmHWM %s kB Threads %s\n' "$p" "$(tr '\0' ' ' < "/proc/$p/cmdline" | cut -c1-40)" \
         "$(awk '$1=="VmRSS:"{print $2}' "/proc/$p/status")" "$(awk '$1=="VmHWM:"{print $2}' "/proc/$p/status")" \
         "$(awk '$1=="Threads:"{print $2}' "/proc/$p/status")"
@@ -316,10 +327,11 @@ for row in csv.DictReader(open(raw), delimiter="\t"):
     per_run[(name, c, r)] = rec
 med = lambda xs: statistics.median(xs)
 levels = sorted({c for _, c in runs})
-label = {"spam-milter": "spam-milter", "rspamd_proxy": "rspamd_proxy", "direct": "direct /checkv2 (floor)"}
+label = {"spam-milter": "spam-milter", "spam-milter-old": "spam-milter-old (SPAM_MILTER_OLD)",
+         "rspamd_proxy": "rspamd_proxy", "direct": "direct /checkv2 (floor)"}
 print("| path | C | msg/s | p50 ms | p99 ms | added p50 over floor ms | added p99 ms | bridge CPU µs/msg | normal worker CPU µs/msg | client CPU µs/msg | count × runs |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
-for name in ("spam-milter", "rspamd_proxy", "direct"):
+for name in [n for n in label if any(x == n for x, _ in runs)]:
     for c in levels:
         v = runs[(name, c)]
         rs = sorted({r for (x, cc, r) in per_run if x == name and cc == c})
@@ -345,6 +357,22 @@ for c in levels:
         if any(p["p50"] != d["p50"] for p, d in zip(P, D)) else float("nan")
     print(f"| | {c} | {q('rate', S, P):.2f} | {q('p50', S, P):.3f} | {q('p99', S, P):.3f} | {add:.2f} | "
           f"{q('rate', S, D):.2f} | {q('rate', P, D):.2f} | {q('bridge', S, P):.2f} |")
+if any(x == "spam-milter-old" for x, _ in runs):
+    print()
+    print("| new vs old (median of per-round ratios) | C | msg/s new / old | p50 | p99 | added p50 new / old | added p50 old / rspamd_proxy | bridge CPU new / old | bridge CPU old / rspamd_proxy |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in levels:
+        rs = sorted({r for (x, cc, r) in per_run if x == "direct" and cc == c})
+        S = [per_run[("spam-milter", c, r)] for r in rs]
+        O = [per_run[("spam-milter-old", c, r)] for r in rs]
+        P = [per_run[("rspamd_proxy", c, r)] for r in rs]
+        D = [per_run[("direct", c, r)] for r in rs]
+        q = lambda k, a, b: med([x[k] / y[k] for x, y in zip(a, b) if y[k]])
+        def addr(a, b):
+            v = [(x["p50"] - d["p50"]) / (y["p50"] - d["p50"]) for x, y, d in zip(a, b, D) if y["p50"] != d["p50"]]
+            return med(v) if v else float("nan")
+        print(f"| | {c} | {q('rate', S, O):.2f} | {q('p50', S, O):.3f} | {q('p99', S, O):.3f} | {addr(S, O):.2f} | "
+              f"{addr(O, P):.2f} | {q('bridge', S, O):.2f} | {q('bridge', O, P):.2f} |")
 EOF
 cat "$SCRATCH/mem.txt" "$SCRATCH/dns.txt"
 
