@@ -179,6 +179,56 @@ async fn load_1000_concurrent_connections_no_error_and_flat_rss() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_socket_file_is_replaced_and_a_live_daemons_socket_is_refused() {
+    let rspamd = Rspamd::builder().start().unwrap();
+    let run = tempfile::tempdir().unwrap();
+    let path = run.path().join("spam.sock");
+    // A crashed daemon's leftover: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let spec = format!("unix:{}", path.display());
+    let body = format!(
+        "allow-root = true\n[rspamd]\nupstreams = [\"http://127.0.0.1:{}\"]\n",
+        rspamd.normal_port()
+    );
+    let d = Daemon::start_on(tempfile::tempdir().unwrap(), &spec, &body);
+    assert!(d.log().contains("stale socket"), "{}", d.log());
+    let mut c = MilterClient::connect(&spec, ClientConfig::default())
+        .await
+        .expect("connect over the replaced socket");
+    for n in 0..2 {
+        let o = c
+            .send(&envelope(), &nth("replaced socket", n))
+            .await
+            .unwrap();
+        check(n, &o).unwrap();
+    }
+
+    // A second daemon on the same path: refused with a clear error, exits non-zero.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spam.toml");
+    std::fs::write(&config, format!("socket = {spec:?}\n{body}")).unwrap();
+    let (code, log) = Daemon::run_config_to_exit(&config);
+    assert_ne!(code, Some(0), "{log}");
+    assert!(log.contains("already in use"), "{log}");
+    // The live daemon kept its socket and serves on, on the open connection and a new one.
+    let o = c
+        .send(&envelope(), &nth("after the second daemon", 1))
+        .await
+        .unwrap();
+    check(1, &o).unwrap();
+    let mut c2 = MilterClient::connect(&spec, ClientConfig::default())
+        .await
+        .expect("connect after the second daemon");
+    let o = c2
+        .send(&envelope(), &nth("new connection", 0))
+        .await
+        .unwrap();
+    check(0, &o).unwrap();
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_config_on_reload_is_refused_and_the_previous_one_keeps_serving() {
     let rspamd = Rspamd::builder().start().unwrap();
     let d = start(&rspamd, "", "");

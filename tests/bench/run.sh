@@ -39,7 +39,7 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY no_proxy
 if [ -z "${SKIP_BUILD:-}" ]; then
     # Every binary any case needs, in one cargo invocation.
     (cd "$REPO" && CARGO_TARGET_DIR="$TARGET" cargo build --release --ignore-rust-version \
-        -p dkim-milter -p spam-milter -p milter-examples -p milter-core --features milter-core/cli)
+        -p dkim-milter -p spam-milter -p milter-examples -p bench-milters -p milter-core --features milter-core/cli)
 fi
 [ -x "$BIN/milter-replay" ] || { echo "run.sh: $BIN/milter-replay not built" >&2; exit 2; }
 

@@ -23,7 +23,7 @@ pub const ZJS: &str = "ZJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-
 /// A running `spam-milter` with its own config and log file.
 pub struct Daemon {
     proc: DaemonProcess,
-    port: u16,
+    spec: String,
     // Outlives the process (fields drop in order).
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -42,10 +42,16 @@ impl Daemon {
     /// As [`Daemon::start`] in `dir` (which it keeps), without `allow-root`.
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Daemon {
         let port = stack_tests::ports::free_port().expect("free port");
+        Daemon::start_on(dir, &format!("inet:127.0.0.1:{port}"), extra)
+    }
+
+    /// As [`Daemon::start_in`], listening on `socket` (a Postfix milter spec such as
+    /// `unix:/path`).
+    pub fn start_on(dir: tempfile::TempDir, socket: &str, extra: &str) -> Daemon {
         let config = dir.path().join("spam.toml");
         std::fs::write(
             &config,
-            format!("socket = \"inet:127.0.0.1:{port}\"\nreload-poll-seconds = 1\n{extra}\n"),
+            format!("socket = {socket:?}\nreload-poll-seconds = 1\n{extra}\n"),
         )
         .expect("write config");
         let mut proc = DaemonProcess::spawn(
@@ -60,7 +66,7 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("{e:#}"));
         Daemon {
             proc,
-            port,
+            spec: socket.to_owned(),
             dir,
             config,
         }
@@ -98,7 +104,7 @@ impl Daemon {
 
     /// Postfix milter spec.
     pub fn spec(&self) -> String {
-        format!("inet:127.0.0.1:{}", self.port)
+        self.spec.clone()
     }
 
     /// The config file.

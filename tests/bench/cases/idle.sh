@@ -142,6 +142,7 @@ socket = "inet:127.0.0.1:$1"
 log-level = "warn"
 max-connections = 4096
 reload-poll-seconds = 3600
+allow-root = true
 [rspamd]
 upstreams = ["http://127.0.0.1:$2"]
 EOF
