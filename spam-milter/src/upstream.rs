@@ -6,9 +6,19 @@
 //! whose last `GET /ping` health check failed, and the next one is tried after a failure,
 //! all within `scan-deadline`.
 //!
+//! # Two transports
+//!
+//! `http://` upstreams (the usual case: Rspamd on loopback or the local network) go
+//! through `upstream/plain.rs`: hyper's low-level HTTP/1 client on a fresh TCP connection
+//! per scan, no pool, the reply read bounded by `max-reply-size`, no system proxy. It was
+//! split off from the rspamd-client path for speed (tests/bench/PROFILE-spam.md).
+//! `https://` upstreams go through rspamd-client, as described next; the reply parsing,
+//! zstd handling, timeouts, failover, breakers and the request headers below are the same
+//! for both.
+//!
 //! # Where `rspamd-client` 0.7.0 is used, wrapped or bypassed (rspamd.md §4.5)
 //!
-//! - **Used:** one [`RspamdAsyncClient`] per upstream, built once in [`Pool::new`], and
+//! - **Used (https only):** one [`RspamdAsyncClient`] per upstream, built once in [`Pool::new`], and
 //!   the crate's public low-level request path
 //!   `ReqwestRequest::new(client, body, RspamdCommand::Scan, envelope).response()`, which
 //!   sends the request (URL `{base}/checkv2`, `Password:`, optional zstd request body) and
@@ -36,13 +46,13 @@
 //! - **Lost: error bodies** (item 7). A non-2xx reply becomes the string
 //!   `"Status: 500 Internal Server Error"` and its body (Rspamd's error text) is dropped by
 //!   the crate; [`ScanError::Status`] carries only the code.
-//! - **Residual risk: unbounded reply read.** The crate reads the whole reply into memory
+//! - **Residual risk (https only): unbounded reply read.** The crate reads the whole reply into memory
 //!   (`response.bytes()`) before we see it, and reqwest decodes a `Content-Encoding: zstd`
 //!   reply on the way, also without a bound. We check the size of what it returns against
 //!   `max-reply-size` ([`ScanError::TooLarge`]), which bounds the parser but not that
 //!   buffer. Only a broken or hostile server on the configured upstream address could
 //!   send such a reply; keep upstreams on loopback or a trusted network.
-//! - **Cannot turn off: system proxies** (item 9). The crate's reqwest client honours
+//! - **Cannot turn off (https only): system proxies** (item 9). The crate's reqwest client honours
 //!   `HTTP_PROXY`/`http_proxy`/`ALL_PROXY`/`all_proxy` (and `HTTPS_PROXY` for `https://`),
 //!   even for 127.0.0.1, and its `Config` cannot disable that. [`Pool::new`] logs a WARN
 //!   naming the variable when one is set and `NO_PROXY`/`no_proxy` does not cover the
