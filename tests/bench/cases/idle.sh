@@ -71,33 +71,15 @@ gcc -O2 -Wall -o "$W/noop-libmilter" "$HERE/milters/noop-libmilter.c" -lmilter -
 ulimit -n "$(ulimit -Hn)"
 (( $(ulimit -n) >= 4096 )) || { echo "idle: RLIMIT_NOFILE $(ulimit -n) < 4096" >&2; exit 2; }
 
-# --- helpers (until tests/bench/lib.sh provides them) ---
+# The shared helpers (daemons stopped by pid on exit, stop_pid, free_port, wait_ready,
+# /proc reads).
+# shellcheck source=../lib.sh
+source "$HERE/lib.sh"
+CASE=idle SCRATCH=$W
 PIDS=()
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null || true
-    # OpenDKIM takes a few seconds on SIGTERM; a benchmark daemon has nothing to save.
-    for _ in $(seq 30); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
-idle_cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do stop_pid "$p"; done
-}
-trap idle_cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # PORT PID NAME
-    for _ in $(seq 300); do
-        kill -0 "$2" 2>/dev/null || { echo "idle: $3 exited; log:" >&2; cat "$W/$3.log" >&2; exit 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "idle: $3 did not open port $1" >&2; exit 1
-}
-status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+wait_port() { wait_ready "inet:127.0.0.1:$1" "$2" "$3"; } # PORT PID NAME
 
 # One RSA-2048 key and the signing configs of tests/bench/run.sh.
 KEYDIR="$W/keys/example.test"

@@ -52,31 +52,14 @@ done
 gcc -O2 -Wall -o "$W/noop-libmilter" "$HERE/milters/noop-libmilter.c" -lmilter -pthread
 
 # --- helpers (until tests/bench/lib.sh provides them) ---
+# The shared helpers (daemons stopped by pid on exit, free_port, wait_ready, /proc reads).
+# shellcheck source=../lib.sh
+source "$HERE/lib.sh"
+CASE=library SCRATCH=$W
 PIDS=()
-lib_cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-}
-trap lib_cleanup EXIT
+trap bench_cleanup EXIT
 trap 'exit 130' INT TERM
-free_port() {
-    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # PORT PID NAME
-    for _ in $(seq 100); do
-        kill -0 "$2" 2>/dev/null || { echo "library: $3 exited; log:" >&2; cat "$W/$3.log" >&2; exit 1; }
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "library: $3 did not open port $1" >&2; exit 1
-}
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+wait_port() { wait_ready "inet:127.0.0.1:$1" "$2" "$3"; } # PORT PID NAME
 
 # A 4 KB text message (7 header fields, one body chunk), as in the baselines.
 MSG="$W/4k.eml"
