@@ -28,6 +28,14 @@ bench_case() { # NAME
     trap 'exit 130' INT TERM
 }
 
+bench_attach() { # NAME DIR: as bench_case, for a case that keeps its own scratch files in DIR
+    CASE=$1
+    SCRATCH=$2
+    PIDS=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
 bench_cleanup() {
     local p
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -66,6 +74,8 @@ wait_ready() { # SPEC PID NAME: SPEC inet:127.0.0.1:PORT or unix:/path
     done
     die "$3 did not open $spec"
 }
+
+wait_port() { wait_ready "inet:127.0.0.1:$1" "$2" "$3"; } # PORT PID NAME
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }

@@ -75,11 +75,7 @@ ulimit -n "$(ulimit -Hn)"
 # /proc reads).
 # shellcheck source=../lib.sh
 source "$HERE/lib.sh"
-CASE=idle SCRATCH=$W
-PIDS=()
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() { wait_ready "inet:127.0.0.1:$1" "$2" "$3"; } # PORT PID NAME
+bench_attach idle "$W"
 
 # One RSA-2048 key and the signing configs of tests/bench/run.sh.
 KEYDIR="$W/keys/example.test"

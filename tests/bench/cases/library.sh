@@ -51,15 +51,10 @@ done
     || { echo "library: libmilter-dev missing (tests/stack/install-deps.sh installs it)" >&2; exit 2; }
 gcc -O2 -Wall -o "$W/noop-libmilter" "$HERE/milters/noop-libmilter.c" -lmilter -pthread
 
-# --- helpers (until tests/bench/lib.sh provides them) ---
 # The shared helpers (daemons stopped by pid on exit, free_port, wait_ready, /proc reads).
 # shellcheck source=../lib.sh
 source "$HERE/lib.sh"
-CASE=library SCRATCH=$W
-PIDS=()
-trap bench_cleanup EXIT
-trap 'exit 130' INT TERM
-wait_port() { wait_ready "inet:127.0.0.1:$1" "$2" "$3"; } # PORT PID NAME
+bench_attach library "$W"
 
 # A 4 KB text message (7 header fields, one body chunk), as in the baselines.
 MSG="$W/4k.eml"
