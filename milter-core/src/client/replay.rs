@@ -84,7 +84,7 @@ pub struct LoadReport {
     pub latencies: Vec<Duration>,
     /// Connections opened (negotiated) during the run.
     pub connections: usize,
-    /// With [`LoadOptions::connection_per_message`]: per-message latencies from the TCP or
+    /// With [`Load::connection_per_message`]: per-message latencies from the TCP or
     /// unix connect to the final answer (negotiation, CONNECT, HELO included), sorted;
     /// empty otherwise.
     pub connect_latencies: Vec<Duration>,
